@@ -1,1 +1,527 @@
-//! placeholder
+//! VAPID (RFC 8292): ES256 JWTs that application servers attach to a push so the push
+//! service can tie the endpoint to one application server key.
+//!
+//! Both sides live here: `pushctl send` signs with [`sign_jwt`] / [`authorization_header`],
+//! and the embedded push server (`crate::server`) checks with [`parse_authorization`] and
+//! [`verify_jwt`]. Pure functions over bytes and strings on top of `openssl`: no I/O, no
+//! logging, and no error message ever carries key material or a whole token.
+
+use std::fmt;
+
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use openssl::bn::{BigNum, BigNumContext};
+use openssl::ec::{EcGroup, EcKey, EcPoint, PointConversionForm};
+use openssl::ecdsa::EcdsaSig;
+use openssl::error::ErrorStack;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private, Public};
+use openssl::sha::sha256;
+use serde_json::Value;
+
+/// The longest JWT we look at; real ones are a few hundred bytes.
+const MAX_JWT_LEN: usize = 4096;
+/// RFC 8292 §2: `exp` no more than 24 hours from now.
+const MAX_EXP_AHEAD_SECS: u64 = 24 * 60 * 60;
+
+/// Base64url that accepts input with or without `=` padding, as push services do.
+const B64URL_LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Why a VAPID operation failed. Messages name the problem, never the key or token.
+#[derive(Debug, thiserror::Error)]
+pub enum VapidError {
+    #[error("OpenSSL error: {0}")]
+    Openssl(#[from] ErrorStack),
+    #[error("not a PEM-encoded EC private key")]
+    InvalidPem,
+    #[error("the key is not on the P-256 curve")]
+    WrongCurve,
+    #[error("not an uncompressed P-256 public key (65 bytes starting with 0x04, on the curve)")]
+    InvalidPublicKey,
+    #[error("malformed Authorization header: {0}")]
+    MalformedHeader(&'static str),
+    #[error("no VAPID public key: neither `k=` nor a Crypto-Key `p256ecdsa=` parameter")]
+    MissingKey,
+    #[error("malformed JWT: {0}")]
+    MalformedJwt(&'static str),
+    #[error("unsupported JWT algorithm {0:?} (only ES256)")]
+    UnsupportedAlgorithm(String),
+    #[error("JWT signature does not verify with the given public key")]
+    BadSignature,
+    #[error("JWT has no numeric `exp` claim")]
+    MissingExpiry,
+    #[error("JWT expired")]
+    Expired,
+    #[error("JWT `exp` is more than 24 hours in the future")]
+    ExpiryTooFar,
+    #[error("JWT has no `aud` claim")]
+    MissingAudience,
+    #[error("JWT audience {got:?} is not {expected:?}")]
+    AudienceMismatch { expected: String, got: String },
+}
+
+/// An application server's P-256 signing key.
+pub struct VapidKey {
+    key: EcKey<Private>,
+}
+
+/// Only the public half is shown.
+impl fmt::Debug for VapidKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VapidKey")
+            .field("public", &URL_SAFE_NO_PAD.encode(self.public_raw()))
+            .finish_non_exhaustive()
+    }
+}
+
+fn p256() -> Result<EcGroup, ErrorStack> {
+    EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)
+}
+
+impl VapidKey {
+    pub fn generate() -> Result<Self, VapidError> {
+        let group = p256()?;
+        Ok(VapidKey {
+            key: EcKey::generate(&group)?,
+        })
+    }
+
+    /// Reads a traditional `EC PRIVATE KEY` or a PKCS#8 `PRIVATE KEY` PEM block.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, VapidError> {
+        let pkey = PKey::private_key_from_pem(pem).map_err(|_| VapidError::InvalidPem)?;
+        let key = pkey.ec_key().map_err(|_| VapidError::InvalidPem)?;
+        if key.group().curve_name() != Some(Nid::X9_62_PRIME256V1) {
+            return Err(VapidError::WrongCurve);
+        }
+        key.check_key().map_err(|_| VapidError::InvalidPem)?;
+        Ok(VapidKey { key })
+    }
+
+    /// PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
+    pub fn to_pem(&self) -> Result<Vec<u8>, VapidError> {
+        let pkey = PKey::from_ec_key(self.key.clone())?;
+        Ok(pkey.private_key_to_pem_pkcs8()?)
+    }
+
+    /// The uncompressed public point, as it goes into `k=` and a register's `key`.
+    pub fn public_raw(&self) -> [u8; 65] {
+        let mut out = [0u8; 65];
+        let bytes = BigNumContext::new().and_then(|mut ctx| {
+            self.key.public_key().to_bytes(
+                self.key.group(),
+                PointConversionForm::UNCOMPRESSED,
+                &mut ctx,
+            )
+        });
+        // A valid P-256 key always encodes to 65 bytes; a failure here would be an
+        // allocation failure inside OpenSSL, which we cannot report from this signature.
+        if let Ok(bytes) = bytes {
+            if bytes.len() == out.len() {
+                out.copy_from_slice(&bytes);
+            }
+        }
+        out
+    }
+}
+
+/// Signs a VAPID JWT: header `{"typ":"JWT","alg":"ES256"}`, claims `aud`, `exp`, `sub`,
+/// signature as raw `r‖s` (JWS, not DER), all base64url without padding.
+pub fn sign_jwt(key: &VapidKey, aud: &str, sub: &str, exp_unix: u64) -> Result<String, VapidError> {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"ES256"}"#);
+    let claims = serde_json::json!({ "aud": aud, "exp": exp_unix, "sub": sub });
+    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signing_input = format!("{header}.{claims}");
+    let sig = EcdsaSig::sign(&sha256(signing_input.as_bytes()), &key.key)?;
+    let mut raw = sig.r().to_vec_padded(32)?;
+    raw.extend_from_slice(&sig.s().to_vec_padded(32)?);
+    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(raw)))
+}
+
+/// The RFC 8292 header value: `vapid t=<jwt>, k=<base64url public key>`.
+pub fn authorization_header(
+    key: &VapidKey,
+    aud: &str,
+    sub: &str,
+    exp_unix: u64,
+) -> Result<String, VapidError> {
+    let jwt = sign_jwt(key, aud, sub, exp_unix)?;
+    Ok(format!(
+        "vapid t={jwt}, k={}",
+        URL_SAFE_NO_PAD.encode(key.public_raw())
+    ))
+}
+
+/// Splits an `Authorization` value into the JWT and the raw 65-byte public key.
+///
+/// Accepts RFC 8292 (`vapid t=…, k=…`) and the older draft (`WebPush <jwt>`, the key in
+/// the `Crypto-Key` header's `p256ecdsa=` parameter), which some senders still use.
+pub fn parse_authorization(
+    authorization: &str,
+    crypto_key: Option<&str>,
+) -> Result<(String, Vec<u8>), VapidError> {
+    let authorization = authorization.trim();
+    let (scheme, rest) = authorization
+        .split_once(|c: char| c.is_ascii_whitespace())
+        .ok_or(VapidError::MalformedHeader(
+            "expected a scheme and credentials",
+        ))?;
+    let rest = rest.trim();
+    let (jwt, key_b64) = if scheme.eq_ignore_ascii_case("vapid") {
+        let mut token = None;
+        let mut key = None;
+        for (name, value) in auth_params(rest) {
+            if name.eq_ignore_ascii_case("t") {
+                token = Some(value);
+            } else if name.eq_ignore_ascii_case("k") {
+                key = Some(value);
+            }
+        }
+        (
+            token.ok_or(VapidError::MalformedHeader("no `t=` parameter"))?,
+            key.ok_or(VapidError::MissingKey)?,
+        )
+    } else if scheme.eq_ignore_ascii_case("webpush") {
+        let key = crypto_key
+            .and_then(|header| {
+                auth_params(header)
+                    .into_iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case("p256ecdsa"))
+                    .map(|(_, value)| value)
+            })
+            .ok_or(VapidError::MissingKey)?;
+        (rest.to_owned(), key)
+    } else {
+        return Err(VapidError::MalformedHeader(
+            "scheme is neither `vapid` nor `WebPush`",
+        ));
+    };
+    if jwt.is_empty() || jwt.len() > MAX_JWT_LEN {
+        return Err(VapidError::MalformedJwt("empty or too long"));
+    }
+    let key = B64URL_LENIENT
+        .decode(key_b64.as_bytes())
+        .map_err(|_| VapidError::InvalidPublicKey)?;
+    validate_public_key(&key)?;
+    Ok((jwt, key))
+}
+
+/// `name=value` pairs separated by `,` or `;`, values optionally quoted.
+fn auth_params(s: &str) -> Vec<(String, String)> {
+    s.split([',', ';'])
+        .filter_map(|item| {
+            let (name, value) = item.split_once('=')?;
+            let value = value.trim().trim_matches('"');
+            Some((name.trim().to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+/// Checks an ES256 VAPID JWT: signature by `public_key`, `aud` equal to `expected_aud`
+/// (the push service's origin), `exp` after `now_unix` and at most 24 h ahead.
+pub fn verify_jwt(
+    jwt: &str,
+    public_key: &[u8],
+    expected_aud: &str,
+    now_unix: u64,
+) -> Result<(), VapidError> {
+    if jwt.len() > MAX_JWT_LEN {
+        return Err(VapidError::MalformedJwt("too long"));
+    }
+    let mut parts = jwt.split('.');
+    let (Some(header_b64), Some(claims_b64), Some(sig_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(VapidError::MalformedJwt(
+            "expected three dot-separated parts",
+        ));
+    };
+
+    let header = decode_json_part(header_b64, "header")?;
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if alg != "ES256" {
+        return Err(VapidError::UnsupportedAlgorithm(truncate(alg, 16)));
+    }
+
+    let sig = B64URL_LENIENT
+        .decode(sig_b64.as_bytes())
+        .map_err(|_| VapidError::MalformedJwt("signature is not base64url"))?;
+    if sig.len() != 64 {
+        return Err(VapidError::BadSignature);
+    }
+    let key = public_ec_key(public_key)?;
+    let sig = EcdsaSig::from_private_components(
+        BigNum::from_slice(&sig[..32])?,
+        BigNum::from_slice(&sig[32..])?,
+    )?;
+    let signing_input = &jwt[..header_b64.len() + 1 + claims_b64.len()];
+    if !sig
+        .verify(&sha256(signing_input.as_bytes()), &key)
+        .unwrap_or(false)
+    {
+        return Err(VapidError::BadSignature);
+    }
+
+    let claims = decode_json_part(claims_b64, "claims")?;
+    let exp = match claims.get("exp") {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .ok_or(VapidError::MissingExpiry)?,
+        _ => return Err(VapidError::MissingExpiry),
+    };
+    if exp <= now_unix {
+        return Err(VapidError::Expired);
+    }
+    if exp > now_unix.saturating_add(MAX_EXP_AHEAD_SECS) {
+        return Err(VapidError::ExpiryTooFar);
+    }
+    let aud = claims
+        .get("aud")
+        .and_then(Value::as_str)
+        .ok_or(VapidError::MissingAudience)?;
+    if normalize_origin(aud) != normalize_origin(expected_aud) {
+        return Err(VapidError::AudienceMismatch {
+            expected: expected_aud.to_owned(),
+            got: truncate(aud, 200),
+        });
+    }
+    Ok(())
+}
+
+/// Validates a P-256 public key as sent in a register `key` or a VAPID `k=`.
+pub fn validate_public_key(raw: &[u8]) -> Result<(), VapidError> {
+    public_ec_key(raw).map(drop)
+}
+
+fn public_ec_key(raw: &[u8]) -> Result<EcKey<Public>, VapidError> {
+    if raw.len() != 65 || raw[0] != 0x04 {
+        return Err(VapidError::InvalidPublicKey);
+    }
+    let group = p256()?;
+    let mut ctx = BigNumContext::new()?;
+    let point =
+        EcPoint::from_bytes(&group, raw, &mut ctx).map_err(|_| VapidError::InvalidPublicKey)?;
+    let key = EcKey::from_public_key(&group, &point).map_err(|_| VapidError::InvalidPublicKey)?;
+    key.check_key().map_err(|_| VapidError::InvalidPublicKey)?;
+    Ok(key)
+}
+
+fn decode_json_part(part: &str, what: &'static str) -> Result<Value, VapidError> {
+    let bytes = B64URL_LENIENT.decode(part.as_bytes()).map_err(|_| {
+        VapidError::MalformedJwt(if what == "header" {
+            "header is not base64url"
+        } else {
+            "claims are not base64url"
+        })
+    })?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        _ => Err(VapidError::MalformedJwt(if what == "header" {
+            "header is not a JSON object"
+        } else {
+            "claims are not a JSON object"
+        })),
+    }
+}
+
+/// `scheme://host[:port]`, lower-cased, without a trailing slash or a default port, so
+/// `https://push.example/` and `https://push.example:443` compare equal.
+fn normalize_origin(s: &str) -> String {
+    let s = s.trim().trim_end_matches('/').to_ascii_lowercase();
+    if let Some(rest) = s.strip_prefix("https://") {
+        return format!("https://{}", rest.strip_suffix(":443").unwrap_or(rest));
+    }
+    if let Some(rest) = s.strip_prefix("http://") {
+        return format!("http://{}", rest.strip_suffix(":80").unwrap_or(rest));
+    }
+    s
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AUD: &str = "http://127.0.0.1:8080";
+    const NOW: u64 = 1_700_000_000;
+
+    fn signed(key: &VapidKey) -> String {
+        sign_jwt(key, AUD, "mailto:ops@example.com", NOW + 3600).expect("sign")
+    }
+
+    #[test]
+    fn sign_then_verify_round_trips() {
+        let key = VapidKey::generate().unwrap();
+        let jwt = signed(&key);
+        verify_jwt(&jwt, &key.public_raw(), AUD, NOW).unwrap();
+        // A trailing slash or a default port in the audience is the same origin.
+        verify_jwt(&jwt, &key.public_raw(), "http://127.0.0.1:8080/", NOW).unwrap();
+    }
+
+    #[test]
+    fn another_key_does_not_verify() {
+        let key = VapidKey::generate().unwrap();
+        let other = VapidKey::generate().unwrap();
+        let err = verify_jwt(&signed(&key), &other.public_raw(), AUD, NOW).unwrap_err();
+        assert!(matches!(err, VapidError::BadSignature), "{err}");
+    }
+
+    #[test]
+    fn expired_and_far_future_tokens_fail() {
+        let key = VapidKey::generate().unwrap();
+        let jwt = signed(&key);
+        let err = verify_jwt(&jwt, &key.public_raw(), AUD, NOW + 3600).unwrap_err();
+        assert!(matches!(err, VapidError::Expired), "{err}");
+        let far = sign_jwt(&key, AUD, "mailto:a@b", NOW + 25 * 3600).unwrap();
+        let err = verify_jwt(&far, &key.public_raw(), AUD, NOW).unwrap_err();
+        assert!(matches!(err, VapidError::ExpiryTooFar), "{err}");
+    }
+
+    #[test]
+    fn wrong_audience_fails() {
+        let key = VapidKey::generate().unwrap();
+        let err =
+            verify_jwt(&signed(&key), &key.public_raw(), "http://127.0.0.1:9", NOW).unwrap_err();
+        assert!(matches!(err, VapidError::AudienceMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn tampered_claims_fail() {
+        let key = VapidKey::generate().unwrap();
+        let jwt = signed(&key);
+        let parts: Vec<&str> = jwt.split('.').collect();
+        let forged = serde_json::json!({"aud": AUD, "exp": NOW + 7200, "sub": "mailto:x@y"});
+        let forged = URL_SAFE_NO_PAD.encode(forged.to_string());
+        let tampered = format!("{}.{}.{}", parts[0], forged, parts[2]);
+        let err = verify_jwt(&tampered, &key.public_raw(), AUD, NOW).unwrap_err();
+        assert!(matches!(err, VapidError::BadSignature), "{err}");
+    }
+
+    #[test]
+    fn other_algorithms_are_refused() {
+        let key = VapidKey::generate().unwrap();
+        let jwt = signed(&key);
+        let (_, rest) = jwt.split_once('.').unwrap();
+        let none = format!("{}.{rest}", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#));
+        let err = verify_jwt(&none, &key.public_raw(), AUD, NOW).unwrap_err();
+        assert!(matches!(err, VapidError::UnsupportedAlgorithm(_)), "{err}");
+    }
+
+    #[test]
+    fn both_header_forms_parse() {
+        let key = VapidKey::generate().unwrap();
+        let header = authorization_header(&key, AUD, "mailto:a@b", NOW + 60).unwrap();
+        let (jwt, raw) = parse_authorization(&header, None).unwrap();
+        assert_eq!(raw, key.public_raw());
+        verify_jwt(&jwt, &raw, AUD, NOW).unwrap();
+
+        let k = URL_SAFE_NO_PAD.encode(key.public_raw());
+        let crypto_key = format!("dh=BOGUS; p256ecdsa=\"{k}\"");
+        let (jwt2, raw2) =
+            parse_authorization(&format!("WebPush {jwt}"), Some(&crypto_key)).unwrap();
+        assert_eq!((jwt2, raw2), (jwt.clone(), key.public_raw().to_vec()));
+
+        // Parameter order and case do not matter.
+        let swapped = format!("Vapid k={k},t={jwt}");
+        assert!(parse_authorization(&swapped, None).is_ok());
+        // The draft form needs the Crypto-Key header.
+        assert!(matches!(
+            parse_authorization(&format!("WebPush {jwt}"), None),
+            Err(VapidError::MissingKey)
+        ));
+    }
+
+    #[test]
+    fn pem_round_trip_and_both_pem_kinds() {
+        let key = VapidKey::generate().unwrap();
+        let pem = key.to_pem().unwrap();
+        assert!(String::from_utf8_lossy(&pem).contains("BEGIN PRIVATE KEY"));
+        let again = VapidKey::from_pem(&pem).unwrap();
+        assert_eq!(again.public_raw(), key.public_raw());
+
+        let traditional = key.key.private_key_to_pem().unwrap();
+        assert!(String::from_utf8_lossy(&traditional).contains("BEGIN EC PRIVATE KEY"));
+        assert_eq!(
+            VapidKey::from_pem(&traditional).unwrap().public_raw(),
+            key.public_raw()
+        );
+
+        let p384 = EcKey::generate(&EcGroup::from_curve_name(Nid::SECP384R1).unwrap()).unwrap();
+        let err = VapidKey::from_pem(&p384.private_key_to_pem().unwrap()).unwrap_err();
+        assert!(matches!(err, VapidError::WrongCurve), "{err}");
+    }
+
+    #[test]
+    fn debug_shows_no_private_key() {
+        let key = VapidKey::generate().unwrap();
+        let shown = format!("{key:?}");
+        let private = URL_SAFE_NO_PAD.encode(key.key.private_key().to_vec());
+        assert!(!shown.contains(&private));
+        assert!(shown.contains(&URL_SAFE_NO_PAD.encode(key.public_raw())));
+    }
+
+    #[test]
+    fn public_key_validation() {
+        let key = VapidKey::generate().unwrap();
+        validate_public_key(&key.public_raw()).unwrap();
+        let mut off_curve = key.public_raw();
+        off_curve[64] ^= 1;
+        assert!(validate_public_key(&off_curve).is_err());
+        let mut compressed_tag = key.public_raw();
+        compressed_tag[0] = 0x02;
+        assert!(validate_public_key(&compressed_tag).is_err());
+        assert!(validate_public_key(&[4u8; 64]).is_err());
+        assert!(validate_public_key(&[]).is_err());
+    }
+
+    #[test]
+    fn garbage_does_not_panic() {
+        let key = VapidKey::generate().unwrap();
+        let raw = key.public_raw();
+        for jwt in [
+            "",
+            ".",
+            "..",
+            "a.b.c",
+            "a.b.c.d",
+            "!!!.???.***",
+            "eyJhbGciOiJFUzI1NiJ9..",
+            "eyJhbGciOiJFUzI1NiJ9.bnVsbA.AAAA",
+            "é.é.é",
+        ] {
+            assert!(verify_jwt(jwt, &raw, AUD, NOW).is_err(), "{jwt:?}");
+        }
+        let long = "a".repeat(MAX_JWT_LEN + 1);
+        assert!(verify_jwt(&long, &raw, AUD, NOW).is_err());
+        for header in [
+            "",
+            "vapid",
+            "vapid ",
+            "vapid t=",
+            "vapid k=AAAA",
+            "vapid t=x, k=!!!",
+            "Bearer abc",
+            "WebPush",
+            "webpush x",
+            "vapid t=a,k=b,=,,;;",
+        ] {
+            assert!(
+                parse_authorization(header, Some("p256ecdsa=@@")).is_err(),
+                "{header:?}"
+            );
+        }
+        assert!(VapidKey::from_pem(b"not a pem").is_err());
+        assert!(VapidKey::from_pem(&[0xff; 300]).is_err());
+    }
+}
