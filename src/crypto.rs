@@ -1,1 +1,359 @@
-//! placeholder
+//! Web Push message encryption (RFC 8291 over RFC 8188 `aes128gcm`, and the legacy `aesgcm`
+//! draft) on top of Mozilla's `ece` crate.
+//!
+//! Pure functions over bytes: no I/O, no async, no logging of inputs. Key material never
+//! appears in `Debug` output and is zeroed when dropped.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use zeroize::Zeroizing;
+
+/// Bytes of an uncompressed P-256 point.
+pub const PUBLIC_KEY_LEN: usize = 65;
+/// Bytes of the RFC 8291 authentication secret.
+pub const AUTH_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    #[error("unsupported content encoding {0:?}")]
+    UnknownEncoding(String),
+    #[error("aesgcm message without the {0} header")]
+    MissingHeader(&'static str),
+    #[error("bad {0} header")]
+    BadHeader(&'static str),
+    #[error("payload is not valid base64url")]
+    BadBase64,
+    #[error("decryption failed: {0}")]
+    Decrypt(String),
+    #[error("encryption failed: {0}")]
+    Encrypt(String),
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+}
+
+/// A subscription's receiving keys: a P-256 key pair and the 16-byte auth secret.
+#[derive(Clone)]
+pub struct SubscriptionKeys {
+    private: Zeroizing<Vec<u8>>,
+    public: Vec<u8>,
+    auth: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SubscriptionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubscriptionKeys { .. }")
+    }
+}
+
+impl SubscriptionKeys {
+    pub fn generate() -> Result<SubscriptionKeys, CryptoError> {
+        let (pair, auth) = ece::generate_keypair_and_auth_secret()
+            .map_err(|e| CryptoError::InvalidKey(e.to_string()))?;
+        let comps = pair
+            .raw_components()
+            .map_err(|e| CryptoError::InvalidKey(e.to_string()))?;
+        Ok(SubscriptionKeys {
+            private: Zeroizing::new(comps.private_key().to_vec()),
+            public: comps.public_key().to_vec(),
+            auth: Zeroizing::new(auth.to_vec()),
+        })
+    }
+
+    /// Rebuild from stored bytes, checking that they form a usable key pair (a damaged row
+    /// must give an error here, not a panic inside `ece` later).
+    pub fn from_parts(
+        private: Vec<u8>,
+        public: Vec<u8>,
+        auth: Vec<u8>,
+    ) -> Result<SubscriptionKeys, CryptoError> {
+        let private = Zeroizing::new(private);
+        let auth = Zeroizing::new(auth);
+        if public.len() != PUBLIC_KEY_LEN || public[0] != 4 {
+            return Err(CryptoError::InvalidKey("public key is not a P-256 point".into()));
+        }
+        if auth.len() != AUTH_LEN {
+            return Err(CryptoError::InvalidKey("auth secret is not 16 bytes".into()));
+        }
+        if private.len() != 32 {
+            return Err(CryptoError::InvalidKey("private key is not 32 bytes".into()));
+        }
+        validate_pair(&private, &public)?;
+        Ok(SubscriptionKeys {
+            private,
+            public,
+            auth,
+        })
+    }
+
+    pub fn public_key(&self) -> &[u8] {
+        &self.public
+    }
+
+    pub fn auth(&self) -> &[u8] {
+        &self.auth
+    }
+
+    pub fn private_key(&self) -> &[u8] {
+        &self.private
+    }
+
+    fn components(&self) -> ece::EcKeyComponents {
+        ece::EcKeyComponents::new(self.private.to_vec(), self.public.clone())
+    }
+}
+
+fn validate_pair(private: &[u8], public: &[u8]) -> Result<(), CryptoError> {
+    use openssl::bn::{BigNum, BigNumContext};
+    use openssl::ec::{EcGroup, EcKey, EcPoint};
+    use openssl::nid::Nid;
+    let bad = |e: openssl::error::ErrorStack| CryptoError::InvalidKey(e.to_string());
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(bad)?;
+    let mut ctx = BigNumContext::new().map_err(bad)?;
+    let point = EcPoint::from_bytes(&group, public, &mut ctx).map_err(bad)?;
+    let d = BigNum::from_slice(private).map_err(bad)?;
+    let key = EcKey::from_private_components(&group, &d, &point).map_err(bad)?;
+    key.check_key().map_err(bad)
+}
+
+/// Check an application server (VAPID) key: a 65-byte uncompressed point on P-256.
+pub fn validate_public_key(raw: &[u8]) -> Result<(), CryptoError> {
+    use openssl::bn::BigNumContext;
+    use openssl::ec::{EcGroup, EcKey, EcPoint};
+    use openssl::nid::Nid;
+    if raw.len() != PUBLIC_KEY_LEN || raw[0] != 4 {
+        return Err(CryptoError::InvalidKey(format!(
+            "expected a {PUBLIC_KEY_LEN}-byte uncompressed P-256 point, got {} bytes",
+            raw.len()
+        )));
+    }
+    let bad = |_| CryptoError::InvalidKey("not a point on P-256".into());
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(bad)?;
+    let mut ctx = BigNumContext::new().map_err(bad)?;
+    let point = EcPoint::from_bytes(&group, raw, &mut ctx).map_err(bad)?;
+    EcKey::from_public_key(&group, &point)
+        .and_then(|k| k.check_key())
+        .map_err(bad)
+}
+
+/// How a message body is encrypted, from the notification's `headers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encoding {
+    /// RFC 8188: salt, record size and sender key are in the body.
+    Aes128gcm,
+    /// The legacy draft: salt and record size in `Encryption`, sender key in `Crypto-Key`.
+    Aesgcm { salt: Vec<u8>, dh: Vec<u8>, rs: u32 },
+}
+
+/// The encoding-related headers as the push server forwards them.
+#[derive(Debug, Default, Clone)]
+pub struct EncodingHeaders<'a> {
+    pub encoding: Option<&'a str>,
+    pub encryption: Option<&'a str>,
+    pub crypto_key: Option<&'a str>,
+}
+
+impl Encoding {
+    pub fn from_headers(h: &EncodingHeaders<'_>) -> Result<Encoding, CryptoError> {
+        let encoding = h.encoding.unwrap_or("").trim();
+        match encoding.to_ascii_lowercase().as_str() {
+            "aes128gcm" => Ok(Encoding::Aes128gcm),
+            "aesgcm" => {
+                let enc = h.encryption.ok_or(CryptoError::MissingHeader("Encryption"))?;
+                let ck = h.crypto_key.ok_or(CryptoError::MissingHeader("Crypto-Key"))?;
+                let salt = header_param(enc, "salt").ok_or(CryptoError::BadHeader("Encryption"))?;
+                let salt = b64(salt).map_err(|_| CryptoError::BadHeader("Encryption"))?;
+                let rs = match header_param(enc, "rs") {
+                    Some(v) => v.parse().map_err(|_| CryptoError::BadHeader("Encryption"))?,
+                    None => 4096,
+                };
+                let dh = header_param(ck, "dh").ok_or(CryptoError::BadHeader("Crypto-Key"))?;
+                let dh = b64(dh).map_err(|_| CryptoError::BadHeader("Crypto-Key"))?;
+                if salt.len() != 16 {
+                    return Err(CryptoError::BadHeader("Encryption"));
+                }
+                Ok(Encoding::Aesgcm { salt, dh, rs })
+            }
+            other => Err(CryptoError::UnknownEncoding(other.to_string())),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Encoding::Aes128gcm => "aes128gcm",
+            Encoding::Aesgcm { .. } => "aesgcm",
+        }
+    }
+}
+
+/// Find `name=value` in a header like `keyid=p256dh;dh=BASE64, p256ecdsa=…`.
+fn header_param<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header
+        .split([';', ','])
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().trim_matches('"'))
+}
+
+/// base64url with or without padding (servers and libraries differ).
+pub fn b64(s: &str) -> Result<Vec<u8>, CryptoError> {
+    URL_SAFE_NO_PAD
+        .decode(s.trim().trim_end_matches('='))
+        .map_err(|_| CryptoError::BadBase64)
+}
+
+pub fn b64_encode(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Decrypt a Web Push body addressed to `keys`.
+pub fn decrypt(
+    keys: &SubscriptionKeys,
+    encoding: &Encoding,
+    body: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let comps = keys.components();
+    // `ece` has internal `unwrap`s; a hostile body must never take the daemon down.
+    let result = std::panic::catch_unwind(|| match encoding {
+        Encoding::Aes128gcm => ece::decrypt(&comps, keys.auth(), body),
+        Encoding::Aesgcm { salt, dh, rs } => {
+            let block = ece::legacy::AesGcmEncryptedBlock::new(dh, salt, *rs, body.to_vec())?;
+            ece::legacy::decrypt_aesgcm(&comps, keys.auth(), &block)
+        }
+    });
+    match result {
+        Ok(Ok(plain)) => Ok(plain),
+        Ok(Err(e)) => Err(CryptoError::Decrypt(e.to_string())),
+        Err(_) => Err(CryptoError::Decrypt("malformed message".into())),
+    }
+}
+
+/// An encrypted message ready to POST, as an application server would send it.
+#[derive(Debug, Clone)]
+pub struct Encrypted {
+    pub body: Vec<u8>,
+    /// HTTP headers to send along (`Content-Encoding`, and for aesgcm `Encryption`,
+    /// `Crypto-Key`).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// Encrypt `plaintext` to a subscription's public key and auth secret (`pushctl send`, tests).
+pub fn encrypt(
+    p256dh: &[u8],
+    auth: &[u8],
+    plaintext: &[u8],
+    aesgcm: bool,
+) -> Result<Encrypted, CryptoError> {
+    if auth.len() != AUTH_LEN {
+        return Err(CryptoError::InvalidKey("auth secret is not 16 bytes".into()));
+    }
+    validate_public_key(p256dh)?;
+    if aesgcm {
+        let block = ece::legacy::encrypt_aesgcm(p256dh, auth, plaintext)
+            .map_err(|e| CryptoError::Encrypt(e.to_string()))?;
+        let mut headers = vec![("Content-Encoding", "aesgcm".to_string())];
+        headers.extend(block.headers(None));
+        let body = b64(&block.body())?;
+        Ok(Encrypted { body, headers })
+    } else {
+        let body = ece::encrypt(p256dh, auth, plaintext)
+            .map_err(|e| CryptoError::Encrypt(e.to_string()))?;
+        Ok(Encrypted {
+            body,
+            headers: vec![("Content-Encoding", "aes128gcm".to_string())],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 8291 Appendix A.
+    #[test]
+    fn rfc8291_example_decrypts() {
+        let private = b64("q1dXpw3UpT5VOmu_cf_v6ih07Aems3njxI-JWgLcM94").unwrap();
+        let public = b64(
+            "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
+        )
+        .unwrap();
+        let auth = b64("BTBZMqHH6r4Tts7J_aSIgg").unwrap();
+        let body = b64("DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A_yl95bQpu6cVPTpK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQexSgSxsj_Qulcy4a-fN").unwrap();
+        let keys = SubscriptionKeys::from_parts(private, public, auth).unwrap();
+        let plain = decrypt(&keys, &Encoding::Aes128gcm, &body).unwrap();
+        assert_eq!(plain, b"When I grow up, I want to be a watermelon");
+    }
+
+    #[test]
+    fn round_trip_both_encodings() {
+        let keys = SubscriptionKeys::generate().unwrap();
+        for aesgcm in [false, true] {
+            let enc = encrypt(keys.public_key(), keys.auth(), b"hello there", aesgcm).unwrap();
+            let get = |n: &str| {
+                enc.headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                    .map(|(_, v)| v.as_str())
+            };
+            let encoding = Encoding::from_headers(&EncodingHeaders {
+                encoding: get("Content-Encoding"),
+                encryption: get("Encryption"),
+                crypto_key: get("Crypto-Key"),
+            })
+            .unwrap();
+            assert_eq!(decrypt(&keys, &encoding, &enc.body).unwrap(), b"hello there");
+        }
+    }
+
+    #[test]
+    fn tampered_or_truncated_bodies_are_errors() {
+        let keys = SubscriptionKeys::generate().unwrap();
+        let enc = encrypt(keys.public_key(), keys.auth(), b"payload", false).unwrap();
+        let mut bad = enc.body.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(decrypt(&keys, &Encoding::Aes128gcm, &bad).is_err());
+        for n in [0, 1, 20, 86, enc.body.len() - 1] {
+            assert!(decrypt(&keys, &Encoding::Aes128gcm, &enc.body[..n]).is_err());
+        }
+        let other = SubscriptionKeys::generate().unwrap();
+        assert!(decrypt(&other, &Encoding::Aes128gcm, &enc.body).is_err());
+    }
+
+    #[test]
+    fn aesgcm_header_errors_are_named() {
+        let h = EncodingHeaders {
+            encoding: Some("aesgcm"),
+            encryption: None,
+            crypto_key: Some("dh=abc"),
+        };
+        assert_eq!(
+            Encoding::from_headers(&h),
+            Err(CryptoError::MissingHeader("Encryption"))
+        );
+        let h = EncodingHeaders {
+            encoding: Some("rot13"),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Encoding::from_headers(&h),
+            Err(CryptoError::UnknownEncoding(_))
+        ));
+    }
+
+    #[test]
+    fn stored_keys_are_checked() {
+        let k = SubscriptionKeys::generate().unwrap();
+        let mut public = k.public_key().to_vec();
+        public[10] ^= 0xff;
+        assert!(SubscriptionKeys::from_parts(k.private_key().to_vec(), public, k.auth().to_vec())
+            .is_err());
+        assert!(!format!("{k:?}").contains(&format!("{:?}", k.auth())));
+    }
+
+    #[test]
+    fn vapid_key_validation() {
+        let k = SubscriptionKeys::generate().unwrap();
+        assert!(validate_public_key(k.public_key()).is_ok());
+        assert!(validate_public_key(&[4u8; 65]).is_err());
+        assert!(validate_public_key(&k.public_key()[..64]).is_err());
+    }
+}

@@ -1,1 +1,186 @@
-//! placeholder
+//! Validated identifiers. Outside input (D-Bus arguments, server JSON, database rows) is
+//! parsed into these at the edge, so inner code never holds a bad value.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {why}")]
+pub struct IdError {
+    pub what: &'static str,
+    pub why: String,
+}
+
+fn err(what: &'static str, why: impl Into<String>) -> IdError {
+    IdError {
+        what,
+        why: why.into(),
+    }
+}
+
+/// Who owns a subscription, derived from the caller's credentials (see `dbus::identity`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AppId(String);
+
+impl AppId {
+    pub const MAX_LEN: usize = 255;
+
+    pub fn parse(s: &str) -> Result<AppId, IdError> {
+        if s.is_empty() {
+            return Err(err("app id", "is empty"));
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(err("app id", format!("is longer than {} bytes", Self::MAX_LEN)));
+        }
+        if s.chars().any(|c| c.is_control() || c == '/') {
+            return Err(err("app id", "contains a control character or '/'"));
+        }
+        Ok(AppId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AppId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The app's name for a subscription, like a service worker scope: 1–1024 bytes of UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scope(String);
+
+impl Scope {
+    pub const MAX_LEN: usize = 1024;
+
+    pub fn parse(s: &str) -> Result<Scope, IdError> {
+        if s.is_empty() {
+            return Err(err("scope", "is empty"));
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(err(
+                "scope",
+                format!("is {} bytes; the limit is {}", s.len(), Self::MAX_LEN),
+            ));
+        }
+        if s.contains('\0') {
+            return Err(err("scope", "contains a NUL character"));
+        }
+        Ok(Scope(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A push channel: a lower-case dashed UUID, as the server insists (an upper-case one closes
+/// the socket).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(String);
+
+impl ChannelId {
+    pub fn generate() -> ChannelId {
+        ChannelId(uuid::Uuid::new_v4().hyphenated().to_string())
+    }
+
+    /// Accepts any case from the server (matching is case-insensitive) and normalises.
+    pub fn parse(s: &str) -> Result<ChannelId, IdError> {
+        let u = uuid::Uuid::try_parse(s).map_err(|e| err("channel id", e.to_string()))?;
+        if s.len() != 36 {
+            return Err(err("channel id", "must be a dashed UUID"));
+        }
+        Ok(ChannelId(u.hyphenated().to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The user agent id the server assigns: non-empty, at most 128 characters.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Uaid(String);
+
+impl Uaid {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(s: &str) -> Result<Uaid, IdError> {
+        if s.is_empty() {
+            return Err(err("uaid", "is empty"));
+        }
+        if s.chars().count() > Self::MAX_LEN {
+            return Err(err("uaid", "is longer than 128 characters"));
+        }
+        if s.chars().any(|c| c.is_control()) {
+            return Err(err("uaid", "contains control characters"));
+        }
+        Ok(Uaid(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A prefix safe to log: the full UAID would let anyone knock our connection off.
+    pub fn short(&self) -> &str {
+        let end = self.0.char_indices().nth(8).map(|(i, _)| i).unwrap_or(self.0.len());
+        &self.0[..end]
+    }
+}
+
+impl fmt::Debug for Uaid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Uaid({}…)", self.short())
+    }
+}
+
+/// The id of a stored message, as apps see it in `Message` and pass to `AckMessage`.
+pub fn new_message_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_limits() {
+        assert!(Scope::parse("").is_err());
+        assert!(Scope::parse(&"a".repeat(1024)).is_ok());
+        assert!(Scope::parse(&"a".repeat(1025)).is_err());
+        assert!(Scope::parse("https://example.org/ünïcode").is_ok());
+    }
+
+    #[test]
+    fn channel_ids_are_lower_case_dashed() {
+        let c = ChannelId::parse("9D4A2C3E-1B6F-4F0A-8C2D-5E6F7A8B9C0D").unwrap();
+        assert_eq!(c.as_str(), "9d4a2c3e-1b6f-4f0a-8c2d-5e6f7a8b9c0d");
+        assert!(ChannelId::parse("9d4a2c3e1b6f4f0a8c2d5e6f7a8b9c0d").is_err());
+        assert!(ChannelId::parse("nope").is_err());
+        let g = ChannelId::generate();
+        assert_eq!(g.as_str(), g.as_str().to_lowercase());
+    }
+
+    #[test]
+    fn uaid_limits_and_redaction() {
+        assert!(Uaid::parse("").is_err());
+        assert!(Uaid::parse(&"a".repeat(129)).is_err());
+        let u = Uaid::parse("0123456789abcdef0123456789abcdef").unwrap();
+        assert!(!format!("{u:?}").contains("89abcdef0123"));
+    }
+}

@@ -1,1 +1,453 @@
-//! placeholder
+//! The D-Bus face of the daemon: objects, signals, and who is on the bus.
+//!
+//! Thin by design: it resolves callers (`identity`), parses arguments, calls `push::Handle`
+//! and maps errors (`error`). It turns `push`'s `DomainEvent`s into signals and object
+//! changes (`pump`), and tells `push` which apps have connections (`track_presence`).
+//!
+//! **API boundary:** the interfaces here must match `dist/org.webpushd.Push1.xml`; a test
+//! compares them with what the daemon introspects.
+
+pub mod error;
+pub mod identity;
+pub mod manager;
+pub mod subscription;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use zbus::fdo::DBusProxy;
+use zbus::names::BusName;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
+
+use self::error::Error;
+use self::identity::Resolver;
+use self::manager::{Admin, Manager, PATH};
+use self::subscription::SubscriptionObject;
+use crate::connection::{self, ConnStatus};
+use crate::ids::AppId;
+use crate::push::{self, Delivery, DomainEvent, SubscriptionInfo};
+use crate::store::StoredMessage;
+
+pub const BUS_NAME: &str = "org.webpushd.Push1";
+pub const CLIENT_PATH: &str = "/org/webpushd/Push1/Client";
+pub const CLIENT_INTERFACE: &str = "org.webpushd.Push1.Client";
+/// How long an activatable app has to take a message.
+const CLIENT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn subscription_path(id: i64) -> OwnedObjectPath {
+    OwnedObjectPath::try_from(format!("{PATH}/subscription/{id}"))
+        .expect("a decimal id makes a valid path")
+}
+
+pub fn subscription_id_from_path(path: &ObjectPath<'_>) -> Result<i64, Error> {
+    path.as_str()
+        .strip_prefix(PATH)
+        .and_then(|p| p.strip_prefix("/subscription/"))
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| Error::NotFound(format!("{path} is not a subscription")))
+}
+
+/// `received_at` (ms), `topic`, `urgency`, `ttl` (seconds the daemon keeps it).
+pub fn message_meta(m: &StoredMessage) -> HashMap<String, OwnedValue> {
+    let mut meta = HashMap::new();
+    let mut put = |k: &str, v: Value<'_>| {
+        meta.insert(k.to_string(), v.try_to_owned().expect("plain values"));
+    };
+    put("received_at", Value::from(m.received));
+    put("topic", Value::from(m.topic.as_str()));
+    put("urgency", Value::from(m.urgency.as_str()));
+    put("ttl", Value::from(m.ttl));
+    meta
+}
+
+/// Which unique connections belong to which app.
+#[derive(Debug, Default)]
+pub struct Presence {
+    inner: Mutex<PresenceInner>,
+}
+
+#[derive(Debug, Default)]
+struct PresenceInner {
+    by_unique: HashMap<String, AppId>,
+    by_app: HashMap<AppId, HashSet<String>>,
+}
+
+impl Presence {
+    /// Record `unique` as `app`; returns the app it belonged to before, if different.
+    fn set(&self, unique: &str, app: AppId) -> Option<Option<AppId>> {
+        let mut p = self.inner.lock().expect("presence lock");
+        let old = p.by_unique.insert(unique.to_string(), app.clone());
+        if old.as_ref() == Some(&app) {
+            return None;
+        }
+        if let Some(old) = &old {
+            if let Some(set) = p.by_app.get_mut(old) {
+                set.remove(unique);
+                if set.is_empty() {
+                    p.by_app.remove(old);
+                }
+            }
+        }
+        p.by_app.entry(app).or_default().insert(unique.to_string());
+        Some(old)
+    }
+
+    fn remove(&self, unique: &str) -> Option<AppId> {
+        let mut p = self.inner.lock().expect("presence lock");
+        let app = p.by_unique.remove(unique)?;
+        if let Some(set) = p.by_app.get_mut(&app) {
+            set.remove(unique);
+            if set.is_empty() {
+                p.by_app.remove(&app);
+            }
+        }
+        Some(app)
+    }
+
+    pub fn connections(&self, app: &AppId) -> Vec<String> {
+        self.inner
+            .lock()
+            .expect("presence lock")
+            .by_app
+            .get(app)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Serve every object on `conn` (before the bus name is taken: activation relies on the
+/// objects being there when the name appears).
+pub async fn serve(
+    conn: &zbus::Connection,
+    push: push::Handle,
+    connection: connection::Handle,
+    resolver: Arc<Resolver>,
+    subscriptions: Vec<SubscriptionInfo>,
+    server_url: String,
+    uaid: Arc<Mutex<String>>,
+) -> zbus::Result<()> {
+    let server = conn.object_server();
+    server
+        .at(
+            PATH,
+            Manager {
+                push: push.clone(),
+                resolver: resolver.clone(),
+            },
+        )
+        .await?;
+    server
+        .at(
+            PATH,
+            Admin {
+                push: push.clone(),
+                conn: connection.clone(),
+                resolver: resolver.clone(),
+                status: connection.status(),
+                server_url,
+                uaid,
+            },
+        )
+        .await?;
+    for info in subscriptions {
+        add_subscription(conn, &push, &resolver, info).await?;
+    }
+    Ok(())
+}
+
+async fn add_subscription(
+    conn: &zbus::Connection,
+    push: &push::Handle,
+    resolver: &Arc<Resolver>,
+    info: SubscriptionInfo,
+) -> zbus::Result<()> {
+    let path = subscription_path(info.id);
+    conn.object_server()
+        .at(
+            path,
+            SubscriptionObject {
+                info,
+                push: push.clone(),
+                resolver: resolver.clone(),
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Turn domain events into D-Bus traffic, until `push` goes away.
+pub async fn pump(
+    conn: zbus::Connection,
+    mut events: mpsc::UnboundedReceiver<DomainEvent>,
+    push: push::Handle,
+    resolver: Arc<Resolver>,
+    presence: Arc<Presence>,
+    uaid: Arc<Mutex<String>>,
+) {
+    while let Some(ev) = events.recv().await {
+        if let Err(e) = pump_one(&conn, &push, &resolver, &presence, &uaid, ev).await {
+            warn!(error = %e, "D-Bus update failed");
+        }
+    }
+}
+
+async fn pump_one(
+    conn: &zbus::Connection,
+    push: &push::Handle,
+    resolver: &Arc<Resolver>,
+    presence: &Presence,
+    uaid: &Mutex<String>,
+    ev: DomainEvent,
+) -> zbus::Result<()> {
+    match ev {
+        DomainEvent::Added(info) => add_subscription(conn, push, resolver, info).await?,
+        DomainEvent::Updated(info) => update_subscription(conn, info).await?,
+        DomainEvent::Removed { id, .. } => {
+            conn.object_server()
+                .remove::<SubscriptionObject, _>(subscription_path(id))
+                .await?;
+        }
+        DomainEvent::Message {
+            subscription,
+            message,
+            delivery,
+        } => match delivery {
+            Delivery::Signal => {
+                let path = subscription_path(subscription.id);
+                let meta = message_meta(&message);
+                for unique in presence.connections(&subscription.app_id) {
+                    let emitter = unicast(conn, &unique)?;
+                    Manager::message(
+                        &emitter,
+                        path.as_ref(),
+                        subscription.scope.as_str(),
+                        &message.id,
+                        serde_bytes::Bytes::new(&message.payload),
+                        meta.clone(),
+                    )
+                    .await?;
+                }
+            }
+            Delivery::Activate(bus_name) => {
+                let conn = conn.clone();
+                let push = push.clone();
+                tokio::spawn(async move {
+                    let ok = call_client(&conn, &bus_name, &subscription, &message).await;
+                    push.delivered(subscription.id, message.id, ok).await;
+                });
+            }
+        },
+        DomainEvent::SubscriptionChanged {
+            subscription,
+            reason,
+        } => {
+            for unique in presence.connections(&subscription.app_id) {
+                Manager::subscription_changed(
+                    &unicast(conn, &unique)?,
+                    subscription_path(subscription.id).as_ref(),
+                    subscription.scope.as_str(),
+                    reason,
+                )
+                .await?;
+            }
+        }
+        DomainEvent::QuotaChanged { subscription } => {
+            for unique in presence.connections(&subscription.app_id) {
+                Manager::quota_changed(
+                    &unicast(conn, &unique)?,
+                    subscription_path(subscription.id).as_ref(),
+                    subscription.scope.as_str(),
+                    subscription.quota,
+                )
+                .await?;
+            }
+        }
+        DomainEvent::Expired {
+            subscription,
+            reason,
+        } => {
+            for unique in presence.connections(&subscription.app_id) {
+                Manager::expired(
+                    &unicast(conn, &unique)?,
+                    subscription_path(subscription.id).as_ref(),
+                    subscription.scope.as_str(),
+                    reason,
+                )
+                .await?;
+            }
+        }
+        DomainEvent::Uaid(new) => {
+            *uaid.lock().expect("uaid lock") = new;
+            let iface = conn.object_server().interface::<_, Admin>(PATH).await?;
+            iface.get().await.uaid_changed(iface.signal_emitter()).await?;
+        }
+    }
+    Ok(())
+}
+
+fn unicast<'a>(conn: &zbus::Connection, unique: &'a str) -> zbus::Result<SignalEmitter<'a>> {
+    Ok(SignalEmitter::new(conn, PATH)?.set_destination(BusName::try_from(unique)?))
+}
+
+async fn update_subscription(conn: &zbus::Connection, info: SubscriptionInfo) -> zbus::Result<()> {
+    let path = subscription_path(info.id);
+    let iface = conn
+        .object_server()
+        .interface::<_, SubscriptionObject>(path)
+        .await?;
+    let old = {
+        let mut obj = iface.get_mut().await;
+        std::mem::replace(&mut obj.info, info.clone())
+    };
+    let obj = iface.get().await;
+    let em = iface.signal_emitter();
+    if old.endpoint != info.endpoint {
+        obj.endpoint_invalidate(em).await?;
+    }
+    if old.p256dh != info.p256dh {
+        obj.p256dh_invalidate(em).await?;
+    }
+    if old.auth != info.auth {
+        obj.auth_invalidate(em).await?;
+    }
+    if old.push_count != info.push_count {
+        obj.push_count_changed(em).await?;
+    }
+    if old.last_push != info.last_push {
+        obj.last_push_changed(em).await?;
+    }
+    if old.quota != info.quota {
+        obj.quota_changed(em).await?;
+        obj.quota_applies_changed(em).await?;
+    }
+    if old.expired != info.expired {
+        obj.expired_changed(em).await?;
+    }
+    Ok(())
+}
+
+/// Deliver through the app's `org.webpushd.Push1.Client.Message` (D-Bus activation starts
+/// it). `true` only on a successful reply.
+async fn call_client(
+    conn: &zbus::Connection,
+    bus_name: &str,
+    sub: &SubscriptionInfo,
+    m: &StoredMessage,
+) -> bool {
+    let body = (
+        sub.scope.as_str(),
+        m.id.as_str(),
+        serde_bytes::Bytes::new(&m.payload),
+        message_meta(m),
+    );
+    let call = conn.call_method(
+        Some(bus_name),
+        CLIENT_PATH,
+        Some(CLIENT_INTERFACE),
+        "Message",
+        &body,
+    );
+    match tokio::time::timeout(CLIENT_CALL_TIMEOUT, call).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            debug!(subscription = sub.id, error = %e, "Client.Message failed");
+            false
+        }
+        Err(_) => {
+            debug!(subscription = sub.id, "Client.Message timed out");
+            false
+        }
+    }
+}
+
+/// Follow the bus: which connections exist and which app each belongs to. Tells `push`
+/// when an app's first connection appears (quota restore, missed messages) or its last
+/// one leaves.
+pub async fn track_presence(
+    conn: zbus::Connection,
+    resolver: Arc<Resolver>,
+    presence: Arc<Presence>,
+    push: push::Handle,
+    cancel: CancellationToken,
+) -> zbus::Result<()> {
+    let dbus = DBusProxy::new(&conn).await?;
+    let mut changes = dbus.receive_name_owner_changed().await?;
+    resolver.load_names().await?;
+    let me = conn.unique_name().map(|n| n.to_string()).unwrap_or_default();
+    for name in dbus.list_names().await? {
+        if name.starts_with(':') && name.as_str() != me {
+            appeared(&resolver, &presence, &push, name.as_str()).await;
+        }
+    }
+    loop {
+        let change = tokio::select! {
+            _ = cancel.cancelled() => break,
+            c = changes.next() => match c { Some(c) => c, None => break },
+        };
+        let Ok(args) = change.args() else { continue };
+        let name = args.name().to_string();
+        let old = args.old_owner().as_ref().map(|o| o.to_string());
+        let new = args.new_owner().as_ref().map(|o| o.to_string());
+        if name.starts_with(':') {
+            if name == me {
+                continue;
+            }
+            match new {
+                Some(_) => appeared(&resolver, &presence, &push, &name).await,
+                None => {
+                    resolver.connection_gone(&name);
+                    if let Some(app) = presence.remove(&name) {
+                        push.presence(app, name, false).await;
+                    }
+                }
+            }
+            continue;
+        }
+        if !identity::is_reverse_dns(&name) {
+            continue;
+        }
+        if let Some(old) = old {
+            resolver.name_released(&name, &old);
+        }
+        if let Some(new) = new {
+            resolver.name_owned(&name, &new);
+            if new != me {
+                appeared(&resolver, &presence, &push, &new).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn appeared(resolver: &Resolver, presence: &Presence, push: &push::Handle, unique: &str) {
+    let Ok(id) = resolver.resolve(unique).await else {
+        return;
+    };
+    if let Some(old) = presence.set(unique, id.app_id.clone()) {
+        if let Some(old) = old {
+            push.presence(old, unique.to_string(), false).await;
+        }
+        push.presence(id.app_id, unique.to_string(), true).await;
+    }
+}
+
+/// Announce `State` changes of the connection as PropertiesChanged.
+pub async fn follow_state(conn: zbus::Connection, mut status: watch::Receiver<ConnStatus>) {
+    let mut last = status.borrow().state;
+    while status.changed().await.is_ok() {
+        let state = status.borrow().state;
+        if state == last {
+            continue;
+        }
+        last = state;
+        if let Ok(iface) = conn.object_server().interface::<_, Admin>(PATH).await {
+            let _ = iface.get().await.state_changed(iface.signal_emitter()).await;
+        }
+    }
+}

@@ -1,1 +1,1061 @@
-//! placeholder
+//! The domain: subscriptions, notifications, quota and delivery.
+//!
+//! One task owns the `Store` and the in-memory index of subscriptions; everyone else sends
+//! it `Input`s. Its loop selects over a closed set of inputs — connection events, D-Bus
+//! requests, app presence, delivery results, its one timer — so every trigger is visible here.
+//!
+//! **Architecture invariant:** nothing acknowledges a notification with 100 before the
+//! transaction that stores it has committed. A notification that cannot be stored is not
+//! acknowledged at all, so the server keeps it.
+
+mod types;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+pub use types::*;
+
+use crate::config::Config;
+use crate::connection::protocol::{
+    ACK_DECRYPT_FAILED, ACK_NOT_DELIVERED, ACK_STORED, UNREGISTER_BY_APP, UNREGISTER_QUOTA,
+    UNREGISTER_REVOKED,
+};
+use crate::connection::{self, AckUpdate, Event, HelloParams, Notification, RequestError};
+use crate::crypto::{self, Encoding, EncodingHeaders, SubscriptionKeys};
+use crate::ids::{new_message_id, AppId, ChannelId, Scope, Uaid};
+use crate::store::{BatchItem, Counters, Recorded, Store, StoredMessage, SubscriptionRecord};
+
+/// Notifications handled in one transaction at most.
+const MAX_BATCH: usize = 128;
+
+/// Everything the owner loop reacts to.
+#[derive(Debug)]
+pub enum Input {
+    Request(Request),
+    /// An app's connection appeared on (`true`) or left (`false`) the bus.
+    Presence {
+        app: AppId,
+        unique: String,
+        present: bool,
+    },
+    /// The app's `Client.Message` method answered (`true`) or failed (`false`).
+    Delivered {
+        subscription: i64,
+        message_id: String,
+        ok: bool,
+    },
+    /// A channel registration finished (started by `Subscribe`, renewal or server reset).
+    Registered {
+        job: RegisterJob,
+        result: Result<String, RequestError>,
+    },
+}
+
+/// A registration in flight and what to do when it ends.
+#[derive(Debug)]
+pub struct RegisterJob {
+    channel: ChannelId,
+    keys: SubscriptionKeys,
+    kind: JobKind,
+}
+
+#[derive(Debug)]
+enum JobKind {
+    New {
+        app: AppId,
+        scope: Scope,
+        options: SubscribeOptions,
+        system: bool,
+    },
+    /// Re-register an existing subscription with a new channel.
+    Renew { id: i64, reason: &'static str },
+}
+
+/// The cloneable way in.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Input>,
+}
+
+impl Handle {
+    pub async fn request<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Request,
+    ) -> Result<T, PushError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Request(make(reply)))
+            .await
+            .map_err(|_| PushError::Unavailable("webpushd is shutting down".into()))?;
+        rx.await
+            .map_err(|_| PushError::Unavailable("webpushd is shutting down".into()))?
+    }
+
+    pub async fn presence(&self, app: AppId, unique: String, present: bool) {
+        let _ = self
+            .tx
+            .send(Input::Presence {
+                app,
+                unique,
+                present,
+            })
+            .await;
+    }
+
+    pub async fn delivered(&self, subscription: i64, message_id: String, ok: bool) {
+        let _ = self
+            .tx
+            .send(Input::Delivered {
+                subscription,
+                message_id,
+                ok,
+            })
+            .await;
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The part of `Config` the domain needs.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub max_quota: i32,
+    pub activation_grace: Duration,
+    pub exempt_apps: Vec<String>,
+    pub max_pending: u32,
+    pub max_age: Duration,
+}
+
+impl Policy {
+    pub fn from_config(c: &Config) -> Policy {
+        Policy {
+            max_quota: c.quota.max_per_subscription as i32,
+            activation_grace: c.quota.activation_grace,
+            exempt_apps: c.quota.exempt_apps.clone(),
+            max_pending: c.delivery.max_pending_per_subscription,
+            max_age: c.delivery.max_age,
+        }
+    }
+}
+
+pub struct Push {
+    store: Store,
+    policy: Policy,
+    conn: connection::Handle,
+    conn_events: mpsc::Receiver<Event>,
+    inputs: mpsc::Receiver<Input>,
+    self_tx: mpsc::Sender<Input>,
+    out: mpsc::UnboundedSender<DomainEvent>,
+    hello: watch::Sender<HelloParams>,
+    cancel: CancellationToken,
+
+    subs: HashMap<i64, SubscriptionRecord>,
+    by_channel: HashMap<ChannelId, i64>,
+    by_scope: HashMap<(AppId, Scope), i64>,
+    /// Subscribe calls waiting for a registration of the same (app, scope).
+    waiting: HashMap<(AppId, Scope), Vec<Reply<SubscriptionInfo>>>,
+    /// Subscriptions whose re-registration is under way.
+    renewing: HashSet<i64>,
+    presence: HashMap<AppId, HashSet<String>>,
+    /// When we last delivered to an app in the background (activation), for the grace.
+    last_background: HashMap<AppId, Instant>,
+    uaid: Option<Uaid>,
+    received: u64,
+    /// A connection event read while draining a burst, to handle next.
+    held: Option<Event>,
+}
+
+impl Push {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Store,
+        policy: Policy,
+        conn: connection::Handle,
+        conn_events: mpsc::Receiver<Event>,
+        out: mpsc::UnboundedSender<DomainEvent>,
+        hello: watch::Sender<HelloParams>,
+        cancel: CancellationToken,
+    ) -> Result<(Push, Handle), crate::store::StoreError> {
+        let (tx, inputs) = mpsc::channel(1024);
+        let uaid = store.uaid()?;
+        let mut push = Push {
+            store,
+            policy,
+            conn,
+            conn_events,
+            inputs,
+            self_tx: tx.clone(),
+            out,
+            hello,
+            cancel,
+            subs: HashMap::new(),
+            by_channel: HashMap::new(),
+            by_scope: HashMap::new(),
+            waiting: HashMap::new(),
+            renewing: HashSet::new(),
+            presence: HashMap::new(),
+            last_background: HashMap::new(),
+            uaid,
+            received: 0,
+            held: None,
+        };
+        for rec in push.store.subscriptions()? {
+            push.index(rec);
+        }
+        let broadcasts = push.store.broadcasts()?.into_iter().collect();
+        push.hello.send_modify(|h| h.broadcasts = broadcasts);
+        push.update_hello();
+        let _ = push.store.prune_seen(now_ms() - 7 * 24 * 3600 * 1000);
+        Ok((push, Handle { tx }))
+    }
+
+    /// Every subscription, for the D-Bus side to serve objects before taking the bus name.
+    pub fn snapshot(&self) -> Vec<SubscriptionInfo> {
+        let mut v: Vec<_> = self.subs.values().map(|r| self.info(r)).collect();
+        v.sort_by_key(|i| i.id);
+        v
+    }
+
+    pub fn uaid(&self) -> Option<&Uaid> {
+        self.uaid.as_ref()
+    }
+
+    fn index(&mut self, rec: SubscriptionRecord) {
+        self.by_channel.insert(rec.channel_id.clone(), rec.id);
+        self.by_scope
+            .insert((rec.app_id.clone(), rec.scope.clone()), rec.id);
+        self.subs.insert(rec.id, rec);
+    }
+
+    fn unindex(&mut self, id: i64) -> Option<SubscriptionRecord> {
+        let rec = self.subs.remove(&id)?;
+        self.by_channel.remove(&rec.channel_id);
+        self.by_scope.remove(&(rec.app_id.clone(), rec.scope.clone()));
+        Some(rec)
+    }
+
+    fn info(&self, r: &SubscriptionRecord) -> SubscriptionInfo {
+        let pending = self.store.pending_count(r.id).unwrap_or(0);
+        SubscriptionInfo::from_record(r, pending)
+    }
+
+    fn emit(&self, e: DomainEvent) {
+        let _ = self.out.send(e);
+    }
+
+    /// The UAID goes into hello only while an unexpired subscription exists.
+    fn update_hello(&self) {
+        let any = self.subs.values().any(|s| !s.expired);
+        let uaid = if any { self.uaid.clone() } else { None };
+        self.hello.send_if_modified(|h| {
+            let changed = h.uaid != uaid;
+            h.uaid = uaid;
+            changed
+        });
+    }
+
+    fn app_present(&self, app: &AppId) -> bool {
+        self.presence.get(app).is_some_and(|s| !s.is_empty())
+    }
+
+    pub async fn run(mut self) {
+        let mut expiry = self.next_expiry();
+        loop {
+            if let Some(ev) = self.held.take() {
+                self.connection_event(ev).await;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                ev = self.conn_events.recv() => match ev {
+                    Some(ev) => self.connection_event(ev).await,
+                    None => break,
+                },
+                input = self.inputs.recv() => match input {
+                    Some(input) => self.input(input).await,
+                    None => break,
+                },
+                _ = sleep_or_never(expiry) => self.expire_messages(),
+            }
+            expiry = self.next_expiry();
+        }
+        for (_, replies) in self.waiting.drain() {
+            for r in replies {
+                let _ = r.send(Err(PushError::Unavailable("webpushd is shutting down".into())));
+            }
+        }
+        debug!("push loop stopped");
+    }
+
+    fn next_expiry(&self) -> Option<Instant> {
+        let at = self.store.next_expiry().ok().flatten()?;
+        let wait = (at - now_ms()).max(0) as u64;
+        Some(Instant::now() + Duration::from_millis(wait))
+    }
+
+    fn expire_messages(&mut self) {
+        match self.store.expire_messages(now_ms()) {
+            Ok(gone) => {
+                for (sub, id) in gone {
+                    info!(subscription = sub, message = %id, "pending message dropped: delivery.max_age passed");
+                }
+            }
+            Err(e) => error!(error = %e, "cannot expire pending messages"),
+        }
+    }
+
+    async fn connection_event(&mut self, ev: Event) {
+        match ev {
+            Event::Hello {
+                uaid,
+                sent,
+                broadcasts,
+            } => self.hello_event(uaid, sent, broadcasts),
+            Event::Broadcast(b) => self.save_broadcasts(b),
+            Event::Notification(n) => {
+                let mut batch = vec![n];
+                while batch.len() < MAX_BATCH {
+                    match self.conn_events.try_recv() {
+                        Ok(Event::Notification(n)) => batch.push(n),
+                        Ok(other) => {
+                            self.held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.notifications(batch).await;
+            }
+        }
+    }
+
+    fn save_broadcasts(&mut self, b: std::collections::BTreeMap<String, String>) {
+        if b.is_empty() {
+            return;
+        }
+        let items: Vec<_> = b.clone().into_iter().collect();
+        if let Err(e) = self.store.set_broadcasts(&items) {
+            error!(error = %e, "cannot store broadcast versions");
+            return;
+        }
+        self.hello.send_modify(|h| h.broadcasts.extend(b));
+    }
+
+    fn hello_event(
+        &mut self,
+        uaid: Uaid,
+        sent: Option<Uaid>,
+        broadcasts: std::collections::BTreeMap<String, String>,
+    ) {
+        self.save_broadcasts(broadcasts);
+        let reset = sent.as_ref().is_some_and(|s| *s != uaid);
+        if self.uaid.as_ref() != Some(&uaid) {
+            if let Err(e) = self.store.set_uaid(&uaid) {
+                error!(error = %e, "cannot store the UAID");
+            }
+            self.uaid = Some(uaid.clone());
+            self.emit(DomainEvent::Uaid(uaid.as_str().to_string()));
+        }
+        if reset {
+            warn!(uaid = uaid.short(), "the server assigned a new UAID: registering every channel again");
+        }
+        // Re-register after a reset, and retry any earlier re-registration that failed.
+        let ids: Vec<i64> = self
+            .subs
+            .values()
+            .filter(|s| !s.expired && (reset || s.endpoint.is_empty()))
+            .map(|s| s.id)
+            .collect();
+        for id in ids {
+            if let Some(s) = self.subs.get_mut(&id) {
+                s.endpoint.clear();
+            }
+            self.start_renew(id, "server-reset", false);
+        }
+        self.update_hello();
+    }
+
+    /// Register a subscription again under a new channel id.
+    fn start_renew(&mut self, id: i64, reason: &'static str, new_keys: bool) {
+        if !self.renewing.insert(id) {
+            return;
+        }
+        let Some(rec) = self.subs.get(&id) else {
+            return;
+        };
+        let keys = if new_keys {
+            match SubscriptionKeys::generate() {
+                Ok(k) => k,
+                Err(e) => {
+                    error!(error = %e, "cannot generate keys");
+                    self.renewing.remove(&id);
+                    return;
+                }
+            }
+        } else {
+            rec.keys.clone()
+        };
+        let key = rec.app_server_key.as_deref().map(crypto::b64_encode);
+        self.spawn_register(
+            RegisterJob {
+                channel: ChannelId::generate(),
+                keys,
+                kind: JobKind::Renew { id, reason },
+            },
+            key,
+        );
+    }
+
+    fn spawn_register(&self, job: RegisterJob, key: Option<String>) {
+        let conn = self.conn.clone();
+        let tx = self.self_tx.clone();
+        tokio::spawn(async move {
+            let result = conn.register(job.channel.clone(), key).await;
+            let _ = tx.send(Input::Registered { job, result }).await;
+        });
+    }
+
+    async fn input(&mut self, input: Input) {
+        match input {
+            Input::Request(r) => self.request(r),
+            Input::Presence {
+                app,
+                unique,
+                present,
+            } => self.presence_changed(app, unique, present),
+            Input::Delivered {
+                subscription,
+                message_id,
+                ok,
+            } => {
+                if ok {
+                    match self.store.ack(subscription, &message_id) {
+                        Ok(_) => self.refresh(subscription),
+                        Err(e) => error!(error = %e, "cannot forget a delivered message"),
+                    }
+                } else {
+                    debug!(subscription, message = %message_id, "background delivery failed: the message stays pending");
+                }
+            }
+            Input::Registered { job, result } => self.registered(job, result),
+        }
+    }
+
+    fn refresh(&self, id: i64) {
+        if let Some(r) = self.subs.get(&id) {
+            self.emit(DomainEvent::Updated(self.info(r)));
+        }
+    }
+
+    fn request(&mut self, r: Request) {
+        match r {
+            Request::Subscribe {
+                caller,
+                scope,
+                options,
+                reply,
+            } => self.subscribe(caller, scope, options, reply),
+            Request::Get { app, scope, reply } => {
+                let res = match self.by_scope.get(&(app, scope.clone())) {
+                    Some(id) => Ok(self.info(&self.subs[id])),
+                    None => Err(PushError::NotFound(format!("no subscription for scope {scope:?}"))),
+                };
+                let _ = reply.send(res);
+            }
+            Request::GetById { app, id, reply } => {
+                let _ = reply.send(self.owned(app.as_ref(), id).map(|r| self.info(r)));
+            }
+            Request::Unsubscribe { app, scope, reply } => {
+                let res = match self.by_scope.get(&(app, scope)).copied() {
+                    Some(id) => self.remove(id, UNREGISTER_BY_APP),
+                    None => Ok(false),
+                };
+                let _ = reply.send(res);
+            }
+            Request::Remove { app, id, reply } => {
+                let code = if app.is_some() {
+                    UNREGISTER_BY_APP
+                } else {
+                    UNREGISTER_REVOKED
+                };
+                let res = self
+                    .owned(app.as_ref(), id)
+                    .map(|_| ())
+                    .and_then(|_| self.remove(id, code));
+                let _ = reply.send(res);
+            }
+            Request::List { app, reply } => {
+                let mut v: Vec<_> = self
+                    .subs
+                    .values()
+                    .filter(|s| app.as_ref().is_none_or(|a| *a == s.app_id))
+                    .map(|s| self.info(s))
+                    .collect();
+                v.sort_by_key(|s| s.id);
+                let _ = reply.send(Ok(v));
+            }
+            Request::Fetch { app, scope, reply } => {
+                let res = match self.by_scope.get(&(app, scope.clone())) {
+                    Some(id) => self
+                        .store
+                        .pending(*id)
+                        .map_err(|e| PushError::Failed(format!("cannot read messages: {e}"))),
+                    None => Err(PushError::NotFound(format!("no subscription for scope {scope:?}"))),
+                };
+                let _ = reply.send(res);
+            }
+            Request::Ack {
+                app,
+                scope,
+                message_id,
+                reply,
+            } => {
+                let res = match self.by_scope.get(&(app, scope.clone())).copied() {
+                    Some(id) => match self.store.ack(id, &message_id) {
+                        Ok(true) => {
+                            self.refresh(id);
+                            Ok(())
+                        }
+                        Ok(false) => Err(PushError::NotFound(format!(
+                            "no pending message {message_id:?} for scope {scope:?}"
+                        ))),
+                        Err(e) => Err(PushError::Failed(format!("cannot acknowledge: {e}"))),
+                    },
+                    None => Err(PushError::NotFound(format!("no subscription for scope {scope:?}"))),
+                };
+                let _ = reply.send(res);
+            }
+            Request::ResetQuota { id, reply } => {
+                let res = self.owned(None, id).map(|_| ());
+                if res.is_ok() {
+                    self.restore_quota(id);
+                }
+                let _ = reply.send(res);
+            }
+            Request::Counts { reply } => {
+                let pending = self
+                    .subs
+                    .keys()
+                    .map(|id| self.store.pending_count(*id).unwrap_or(0))
+                    .sum();
+                let _ = reply.send(Ok(Counts {
+                    subscriptions: self.subs.len() as u64,
+                    expired: self.subs.values().filter(|s| s.expired).count() as u64,
+                    pending_messages: pending,
+                    messages_received: self.received,
+                }));
+            }
+        }
+    }
+
+    /// The subscription `id`, if `app` (or an admin, `None`) may see it.
+    fn owned(&self, app: Option<&AppId>, id: i64) -> Result<&SubscriptionRecord, PushError> {
+        match self.subs.get(&id) {
+            Some(r) if app.is_none_or(|a| *a == r.app_id) => Ok(r),
+            _ => Err(PushError::NotFound(format!("no subscription {id}"))),
+        }
+    }
+
+    fn remove(&mut self, id: i64, code: u16) -> Result<bool, PushError> {
+        self.store
+            .delete_subscription(id)
+            .map_err(|e| PushError::Failed(format!("cannot delete the subscription: {e}")))?;
+        let Some(rec) = self.unindex(id) else {
+            return Ok(false);
+        };
+        if !rec.expired {
+            self.conn.unregister(rec.channel_id.clone(), code);
+        }
+        info!(subscription = id, app = %rec.app_id, "unsubscribed");
+        self.emit(DomainEvent::Removed {
+            id,
+            app: rec.app_id,
+        });
+        self.update_hello();
+        Ok(true)
+    }
+
+    fn subscribe(
+        &mut self,
+        caller: Caller,
+        scope: Scope,
+        options: SubscribeOptions,
+        reply: Reply<SubscriptionInfo>,
+    ) {
+        if options.system && caller.sandboxed {
+            let _ = reply.send(Err(PushError::AccessDenied(
+                "sandboxed apps cannot ask for system subscriptions".into(),
+            )));
+            return;
+        }
+        let key = (caller.app_id.clone(), scope.clone());
+        if let Some(id) = self.by_scope.get(&key).copied() {
+            let rec = &self.subs[&id];
+            if rec.app_server_key != options.application_server_key {
+                let _ = reply.send(Err(PushError::KeyMismatch));
+                return;
+            }
+            if !rec.expired && !rec.endpoint.is_empty() {
+                if options.bus_name.is_some() && options.bus_name != rec.bus_name {
+                    let rec = self.subs.get_mut(&id).expect("present");
+                    rec.bus_name = options.bus_name.clone();
+                    let rec = rec.clone();
+                    if let Err(e) = self.store.update_subscription(&rec) {
+                        warn!(error = %e, "cannot store the bus name");
+                    }
+                    self.emit(DomainEvent::Updated(self.info(&rec)));
+                }
+                let _ = reply.send(Ok(self.info(&self.subs[&id])));
+                return;
+            }
+            // Expired (or lost by a server reset): replace it with a fresh one.
+            self.waiting.entry(key).or_default().push(reply);
+            let reason = if self.subs[&id].expired {
+                "expired-renewed"
+            } else {
+                "server-reset"
+            };
+            self.start_renew(id, reason, true);
+            return;
+        }
+        if let Some(w) = self.waiting.get_mut(&key) {
+            w.push(reply);
+            return;
+        }
+        let keys = match SubscriptionKeys::generate() {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = reply.send(Err(PushError::Failed(format!("cannot generate keys: {e}"))));
+                return;
+            }
+        };
+        let system = options.system || self.policy.exempt_apps.iter().any(|a| a == caller.app_id.as_str());
+        let vapid = options.application_server_key.as_deref().map(crypto::b64_encode);
+        self.waiting.insert(key, vec![reply]);
+        self.spawn_register(
+            RegisterJob {
+                channel: ChannelId::generate(),
+                keys,
+                kind: JobKind::New {
+                    app: caller.app_id,
+                    scope,
+                    options,
+                    system,
+                },
+            },
+            vapid,
+        );
+    }
+
+    fn registered(&mut self, job: RegisterJob, result: Result<String, RequestError>) {
+        match job.kind {
+            JobKind::New {
+                app,
+                scope,
+                options,
+                system,
+            } => {
+                let key = (app.clone(), scope.clone());
+                let replies = self.waiting.remove(&key).unwrap_or_default();
+                let res = match result {
+                    Ok(endpoint) => {
+                        let mut rec = SubscriptionRecord {
+                            id: 0,
+                            channel_id: job.channel,
+                            app_id: app,
+                            scope,
+                            endpoint,
+                            keys: job.keys,
+                            app_server_key: options.application_server_key,
+                            push_count: 0,
+                            last_push: 0,
+                            quota: if system { -1 } else { self.policy.max_quota },
+                            expired: false,
+                            system,
+                            bus_name: options.bus_name,
+                            created: now_ms(),
+                        };
+                        match self.store.insert_subscription(&rec) {
+                            Ok(id) => {
+                                rec.id = id;
+                                info!(subscription = id, app = %rec.app_id, channel = %rec.channel_id, "subscribed");
+                                let info = self.info(&rec);
+                                self.index(rec);
+                                self.update_hello();
+                                self.emit(DomainEvent::Added(info.clone()));
+                                Ok(info)
+                            }
+                            Err(e) => {
+                                self.conn.unregister(rec.channel_id.clone(), UNREGISTER_BY_APP);
+                                Err(PushError::Failed(format!("cannot store the subscription: {e}")))
+                            }
+                        }
+                    }
+                    Err(e) => Err(request_error(e)),
+                };
+                for r in replies {
+                    let _ = r.send(res.clone());
+                }
+            }
+            JobKind::Renew { id, reason } => {
+                self.renewing.remove(&id);
+                let Some(rec) = self.subs.get(&id).cloned() else {
+                    // Removed meanwhile: give the new channel back.
+                    if result.is_ok() {
+                        self.conn.unregister(job.channel, UNREGISTER_BY_APP);
+                    }
+                    return;
+                };
+                let key = (rec.app_id.clone(), rec.scope.clone());
+                let replies = self.waiting.remove(&key).unwrap_or_default();
+                let res = match result {
+                    Ok(endpoint) => {
+                        let mut new = rec.clone();
+                        new.channel_id = job.channel;
+                        new.endpoint = endpoint;
+                        new.keys = job.keys;
+                        new.expired = false;
+                        if new.quota >= 0 {
+                            new.quota = self.policy.max_quota;
+                        }
+                        match self.store.update_subscription(&new) {
+                            Ok(()) => {
+                                self.unindex(id);
+                                self.index(new.clone());
+                                self.update_hello();
+                                let info = self.info(&new);
+                                info!(subscription = id, reason, "subscription renewed");
+                                self.emit(DomainEvent::Updated(info.clone()));
+                                self.emit(DomainEvent::SubscriptionChanged {
+                                    subscription: info.clone(),
+                                    reason,
+                                });
+                                Ok(info)
+                            }
+                            Err(e) => {
+                                self.conn.unregister(new.channel_id, UNREGISTER_BY_APP);
+                                Err(PushError::Failed(format!("cannot store the subscription: {e}")))
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!(subscription = id, error = %e, "re-registration failed");
+                        Err(request_error(e))
+                    }
+                };
+                for r in replies {
+                    let _ = r.send(res.clone());
+                }
+            }
+        }
+    }
+
+    fn presence_changed(&mut self, app: AppId, unique: String, present: bool) {
+        let was = self.app_present(&app);
+        if present {
+            self.presence.entry(app.clone()).or_default().insert(unique);
+        } else if let Some(set) = self.presence.get_mut(&app) {
+            set.remove(&unique);
+            if set.is_empty() {
+                self.presence.remove(&app);
+            }
+        }
+        if !present || was {
+            return;
+        }
+        let ids: Vec<i64> = self
+            .subs
+            .values()
+            .filter(|s| s.app_id == app)
+            .map(|s| s.id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let caused_by_us = self
+            .last_background
+            .get(&app)
+            .is_some_and(|t| t.elapsed() < self.policy.activation_grace);
+        if caused_by_us {
+            debug!(%app, "app started by a background delivery: quota unchanged");
+        } else {
+            debug!(%app, "app is in use: restoring quota");
+            for id in &ids {
+                self.restore_quota(*id);
+            }
+        }
+        // Give a returning app what it missed.
+        for id in ids {
+            self.deliver_pending(id, Delivery::Signal);
+        }
+    }
+
+    /// The app was used: full quota again, and an expired subscription comes back.
+    fn restore_quota(&mut self, id: i64) {
+        let Some(rec) = self.subs.get(&id).cloned() else {
+            return;
+        };
+        if rec.expired {
+            self.start_renew(id, "expired-renewed", true);
+            return;
+        }
+        if rec.quota < 0 || rec.quota == self.policy.max_quota {
+            return;
+        }
+        let mut new = rec;
+        new.quota = self.policy.max_quota;
+        if let Err(e) = self.store.update_subscription(&new) {
+            error!(error = %e, "cannot store the quota");
+            return;
+        }
+        self.subs.insert(id, new.clone());
+        let info = self.info(&new);
+        self.emit(DomainEvent::Updated(info.clone()));
+        self.emit(DomainEvent::QuotaChanged { subscription: info });
+    }
+
+    fn deliver_pending(&self, id: i64, delivery: Delivery) {
+        let Some(rec) = self.subs.get(&id) else {
+            return;
+        };
+        let msgs = match self.store.pending(id) {
+            Ok(m) => m,
+            Err(e) => {
+                error!(error = %e, "cannot read pending messages");
+                return;
+            }
+        };
+        if msgs.is_empty() {
+            return;
+        }
+        let info = self.info(rec);
+        for m in msgs {
+            self.emit(DomainEvent::Message {
+                subscription: info.clone(),
+                message: m,
+                delivery: delivery.clone(),
+            });
+        }
+    }
+
+    /// A burst of notifications: decrypt, store in one transaction, then ack, then deliver.
+    async fn notifications(&mut self, batch: Vec<Notification>) {
+        let now = now_ms();
+        let ttl = self.policy.max_age.as_secs().min(u32::MAX as u64) as u32;
+        let mut acks_now: Vec<AckUpdate> = Vec::new();
+        let mut items: Vec<BatchItem> = Vec::new();
+        // Per item: (ack code, subscription id, expired-by-this-message)
+        let mut plan: Vec<(u16, i64, bool)> = Vec::new();
+        let mut counters: HashMap<i64, Counters> = HashMap::new();
+        let mut in_batch: HashSet<(ChannelId, String)> = HashSet::new();
+
+        for n in batch {
+            let ack = |code| AckUpdate {
+                channel_id: n.channel_id.to_string(),
+                version: n.version.clone(),
+                code,
+            };
+            let Some(id) = self.by_channel.get(&n.channel_id).copied() else {
+                info!(channel = %n.channel_id, "notification for an unknown channel: acknowledged 102 and unregistered");
+                acks_now.push(ack(ACK_NOT_DELIVERED));
+                self.conn.unregister(n.channel_id.clone(), UNREGISTER_REVOKED);
+                continue;
+            };
+            let rec = &self.subs[&id];
+            if rec.expired {
+                debug!(subscription = id, "notification for an expired subscription: 102");
+                acks_now.push(ack(ACK_NOT_DELIVERED));
+                continue;
+            }
+            if !in_batch.insert((n.channel_id.clone(), n.version.clone())) {
+                continue;
+            }
+            let decrypted = decrypt_notification(&rec.keys, &n);
+            let background = !self.app_present(&rec.app_id);
+            let c = counters.entry(id).or_insert(Counters {
+                subscription_id: id,
+                push_count: rec.push_count,
+                last_push: rec.last_push,
+                quota: rec.quota,
+                expired: rec.expired,
+            });
+            c.push_count += 1;
+            c.last_push = now;
+            let mut expires_now = false;
+            if background && c.quota > 0 {
+                c.quota -= 1;
+                if c.quota == 0 {
+                    c.expired = true;
+                    expires_now = true;
+                }
+            }
+            let (code, message) = match decrypted {
+                Ok(payload) => (
+                    ACK_STORED,
+                    Some(StoredMessage {
+                        id: new_message_id(),
+                        subscription_id: id,
+                        channel_id: n.channel_id.clone(),
+                        version: n.version.clone(),
+                        payload,
+                        received: now,
+                        ttl,
+                        topic: n.headers.get("topic").cloned().unwrap_or_default(),
+                        urgency: n
+                            .headers
+                            .get("urgency")
+                            .cloned()
+                            .unwrap_or_else(|| "normal".into()),
+                    }),
+                ),
+                Err(e) => {
+                    warn!(subscription = id, channel = %n.channel_id, reason = %e, "cannot decrypt a notification: acknowledged 101");
+                    (ACK_DECRYPT_FAILED, None)
+                }
+            };
+            items.push(BatchItem {
+                channel_id: n.channel_id.clone(),
+                version: n.version.clone(),
+                counters: Some(*c),
+                message,
+            });
+            plan.push((code, id, expires_now));
+        }
+
+        let mut stored = Vec::new();
+        if !items.is_empty() {
+            match self.store.record_batch(&items, now, self.policy.max_pending) {
+                Ok((outcomes, evicted)) => {
+                    for (sub, msg) in evicted {
+                        warn!(subscription = sub, message = %msg, "pending message dropped: delivery.max_pending_per_subscription reached");
+                    }
+                    for ((item, outcome), (code, id, expires_now)) in
+                        items.into_iter().zip(outcomes).zip(plan)
+                    {
+                        let code = if outcome == Recorded::Duplicate {
+                            ACK_NOT_DELIVERED
+                        } else {
+                            code
+                        };
+                        acks_now.push(AckUpdate {
+                            channel_id: item.channel_id.to_string(),
+                            version: item.version.clone(),
+                            code,
+                        });
+                        if outcome == Recorded::Stored {
+                            stored.push((item, id, expires_now));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Not acknowledged: the server keeps these and redelivers them.
+                    error!(error = %e, count = items.len(), "cannot store notifications: not acknowledged");
+                }
+            }
+        }
+        // Only now, after the commit, may the server forget them.
+        self.conn.ack(acks_now).await;
+
+        // Apply what was committed to memory, then tell the apps.
+        let mut touched: Vec<i64> = Vec::new();
+        for (item, id, expires_now) in stored {
+            self.received += 1;
+            if let (Some(c), Some(rec)) = (item.counters, self.subs.get_mut(&id)) {
+                let quota_changed = rec.quota != c.quota;
+                rec.push_count = c.push_count;
+                rec.last_push = c.last_push;
+                rec.quota = c.quota;
+                rec.expired = c.expired;
+                if !touched.contains(&id) {
+                    touched.push(id);
+                }
+                let rec = rec.clone();
+                if let Some(m) = item.message {
+                    let delivery = if self.app_present(&rec.app_id) {
+                        Delivery::Signal
+                    } else if let Some(bus) = &rec.bus_name {
+                        self.last_background.insert(rec.app_id.clone(), Instant::now());
+                        Delivery::Activate(bus.clone())
+                    } else {
+                        Delivery::Signal
+                    };
+                    let needs = matches!(delivery, Delivery::Activate(_)) || self.app_present(&rec.app_id);
+                    if needs {
+                        self.emit(DomainEvent::Message {
+                            subscription: self.info(&rec),
+                            message: m,
+                            delivery,
+                        });
+                    }
+                }
+                if quota_changed {
+                    self.emit(DomainEvent::QuotaChanged {
+                        subscription: self.info(&rec),
+                    });
+                }
+                if expires_now {
+                    info!(subscription = id, app = %rec.app_id, "quota used up: subscription expired");
+                    self.conn.unregister(rec.channel_id.clone(), UNREGISTER_QUOTA);
+                    self.emit(DomainEvent::Expired {
+                        subscription: self.info(&rec),
+                        reason: "quota",
+                    });
+                }
+            }
+        }
+        for id in touched {
+            self.refresh(id);
+        }
+        self.update_hello();
+    }
+}
+
+fn request_error(e: RequestError) -> PushError {
+    match e {
+        RequestError::Timeout | RequestError::Unavailable => PushError::Unavailable(format!(
+            "{e}; webpushd will keep trying, ask again later"
+        )),
+        RequestError::Rejected(_) => PushError::Failed(e.to_string()),
+        RequestError::Shutdown => PushError::Unavailable(e.to_string()),
+    }
+}
+
+/// Decode and decrypt one notification's body. An empty push gives an empty payload.
+fn decrypt_notification(
+    keys: &SubscriptionKeys,
+    n: &Notification,
+) -> Result<Vec<u8>, crypto::CryptoError> {
+    let Some(data) = &n.data else {
+        return Ok(Vec::new());
+    };
+    let body = crypto::b64(data)?;
+    let headers = EncodingHeaders {
+        encoding: n.headers.get("encoding").map(String::as_str),
+        encryption: n.headers.get("encryption").map(String::as_str),
+        crypto_key: n
+            .headers
+            .get("crypto_key")
+            .or_else(|| n.headers.get("crypto-key"))
+            .map(String::as_str),
+    };
+    let encoding = Encoding::from_headers(&headers)?;
+    crypto::decrypt(keys, &encoding, &body)
+}
+
+async fn sleep_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,1 +1,714 @@
-//! placeholder
+//! The daemon's state on disk: UAID, broadcasts, subscriptions with their keys, and pending
+//! messages, in one SQLite file.
+//!
+//! **Architecture invariant:** only this module (and the local push service's own store)
+//! imports `rusqlite`; SQL never leaves it. The connection is private and the API speaks
+//! domain types.
+//!
+//! Durability: WAL with `synchronous = FULL`, so a committed notification survives a power
+//! cut, not only a killed process — the daemon acknowledges to the server right after the
+//! commit, and the server then forgets the message. Bursts are written in one transaction
+//! (`record_batch`) so the fsync is paid once per burst, not per message.
+
+mod schema;
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::crypto::SubscriptionKeys;
+use crate::ids::{AppId, ChannelId, Scope, Uaid};
+
+pub const DB_FILE: &str = "webpushd.db";
+pub const LOCK_FILE: &str = "webpushd.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another webpushd is already running with state directory {0}")]
+    Locked(PathBuf),
+    #[error("database {path} was written by a newer webpushd (schema {found}, this version knows up to {known}); upgrade webpushd or move the file away")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("damaged row in the database: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the database file itself is unusable (as opposed to locked or unwritable).
+    fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+        )
+    }
+}
+
+/// A subscription as stored.
+#[derive(Debug, Clone)]
+pub struct SubscriptionRecord {
+    pub id: i64,
+    pub channel_id: ChannelId,
+    pub app_id: AppId,
+    pub scope: Scope,
+    pub endpoint: String,
+    pub keys: SubscriptionKeys,
+    pub app_server_key: Option<Vec<u8>>,
+    pub push_count: u64,
+    pub last_push: i64,
+    pub quota: i32,
+    pub expired: bool,
+    pub system: bool,
+    pub bus_name: Option<String>,
+    pub created: i64,
+}
+
+/// A decrypted message waiting for its app.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub id: String,
+    pub subscription_id: i64,
+    pub channel_id: ChannelId,
+    pub version: String,
+    pub payload: Vec<u8>,
+    pub received: i64,
+    pub ttl: u32,
+    pub topic: String,
+    pub urgency: String,
+}
+
+/// One notification of a burst, as `push` decided to record it.
+#[derive(Debug)]
+pub struct BatchItem {
+    pub channel_id: ChannelId,
+    pub version: String,
+    /// Counters to write for the subscription (already computed by `push`).
+    pub counters: Option<Counters>,
+    /// The message to keep for the app; `None` when it is not delivered (ack 101/102).
+    pub message: Option<StoredMessage>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub subscription_id: i64,
+    pub push_count: u64,
+    pub last_push: i64,
+    pub quota: i32,
+    pub expired: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    Stored,
+    /// Seen before: the server redelivered it. Nothing was written.
+    Duplicate,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    // Held for the life of the store: the flock is the "one daemon per user" guarantee.
+    _lock: File,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// Create `dir` with mode 0700 (and tighten it if it exists).
+pub fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(io)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+    Ok(())
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| StoreError::Dir {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::Locked(dir.to_path_buf()));
+        }
+        return Err(StoreError::Dir { path, source: err });
+    }
+    Ok(file)
+}
+
+impl Store {
+    /// Open (creating if needed) the database in `dir`, lock the directory and bring the
+    /// schema up to date.
+    ///
+    /// A file that is not a database or is corrupt is moved aside (it holds keys, so it is
+    /// kept for inspection, never deleted) and a fresh one is created, so a damaged file
+    /// cannot put the daemon in a crash loop. `moved_aside` reports that.
+    pub fn open(dir: &Path) -> Result<(Store, Option<PathBuf>), StoreError> {
+        prepare_dir(dir)?;
+        let lock = lock_dir(dir)?;
+        let path = dir.join(DB_FILE);
+        match Self::open_file(&path) {
+            Ok(conn) => Ok((
+                Store {
+                    conn,
+                    path,
+                    _lock: lock,
+                },
+                None,
+            )),
+            Err(e) if e.is_corruption() => {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let aside = dir.join(format!("{DB_FILE}.corrupt-{stamp}"));
+                fs::rename(&path, &aside).map_err(|source| StoreError::Dir {
+                    path: path.clone(),
+                    source,
+                })?;
+                for suffix in ["-wal", "-shm"] {
+                    let side = dir.join(format!("{DB_FILE}{suffix}"));
+                    if side.exists() {
+                        let _ = fs::rename(&side, dir.join(format!("{DB_FILE}.corrupt-{stamp}{suffix}")));
+                    }
+                }
+                let conn = Self::open_file(&path)?;
+                Ok((
+                    Store {
+                        conn,
+                        path,
+                        _lock: lock,
+                    },
+                    Some(aside),
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_file(path: &Path) -> Result<Connection, StoreError> {
+        // Create the file ourselves so it is 0600 from the first byte.
+        if !path.exists() {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| StoreError::Dir {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        }
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o600));
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(2))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        // The systemd unit makes /tmp and home read-only: never spill to a temp file.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(check),
+            )));
+        }
+        schema::migrate(&mut conn, path)?;
+        Ok(conn)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn uaid(&self) -> Result<Option<Uaid>, StoreError> {
+        let v: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'uaid'", [], |r| r.get(0))
+            .optional()?;
+        Ok(v.and_then(|s| Uaid::parse(&s).ok()))
+    }
+
+    pub fn set_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('uaid', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [uaid.as_str()],
+        )?;
+        Ok(())
+    }
+
+    pub fn broadcasts(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, version FROM broadcasts ORDER BY id")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_broadcasts(&mut self, items: &[(String, String)]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO broadcasts (id, version) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+            )?;
+            for (id, v) in items {
+                st.execute([id, v])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, channel_id, app_id, scope, endpoint, private_key, public_key, auth_secret,
+                    app_server_key, push_count, last_push, quota, expired, system, bus_name, created
+             FROM subscriptions ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Vec<u8>>(5)?,
+                r.get::<_, Vec<u8>>(6)?,
+                r.get::<_, Vec<u8>>(7)?,
+                r.get::<_, Option<Vec<u8>>>(8)?,
+                r.get::<_, i64>(9)?,
+                r.get::<_, i64>(10)?,
+                r.get::<_, i32>(11)?,
+                r.get::<_, bool>(12)?,
+                r.get::<_, bool>(13)?,
+                r.get::<_, Option<String>>(14)?,
+                r.get::<_, i64>(15)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, ch, app, scope, endpoint, private, public, auth, ask, count, last, quota, expired, system, bus, created) =
+                row?;
+            let corrupt = |what: String| StoreError::Corrupt(format!("subscription {id}: {what}"));
+            out.push(SubscriptionRecord {
+                id,
+                channel_id: ChannelId::parse(&ch).map_err(|e| corrupt(e.to_string()))?,
+                app_id: AppId::parse(&app).map_err(|e| corrupt(e.to_string()))?,
+                scope: Scope::parse(&scope).map_err(|e| corrupt(e.to_string()))?,
+                endpoint,
+                keys: SubscriptionKeys::from_parts(private, public, auth)
+                    .map_err(|e| corrupt(e.to_string()))?,
+                app_server_key: ask,
+                push_count: count.max(0) as u64,
+                last_push: last,
+                quota,
+                expired,
+                system,
+                bus_name: bus,
+                created,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Insert a new subscription; returns its id.
+    pub fn insert_subscription(&self, s: &SubscriptionRecord) -> Result<i64, StoreError> {
+        self.conn.execute(
+            "INSERT INTO subscriptions (channel_id, app_id, scope, endpoint, private_key, public_key,
+                 auth_secret, app_server_key, push_count, last_push, quota, expired, system, bus_name, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            params![
+                s.channel_id.as_str(),
+                s.app_id.as_str(),
+                s.scope.as_str(),
+                s.endpoint,
+                s.keys.private_key(),
+                s.keys.public_key(),
+                s.keys.auth(),
+                s.app_server_key,
+                s.push_count as i64,
+                s.last_push,
+                s.quota,
+                s.expired,
+                s.system,
+                s.bus_name,
+                s.created,
+            ],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Write every mutable field of a subscription (renewal, server reset, quota, expiry).
+    pub fn update_subscription(&self, s: &SubscriptionRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE subscriptions SET channel_id = ?2, endpoint = ?3, private_key = ?4,
+                 public_key = ?5, auth_secret = ?6, app_server_key = ?7, push_count = ?8,
+                 last_push = ?9, quota = ?10, expired = ?11, system = ?12, bus_name = ?13
+             WHERE id = ?1",
+            params![
+                s.id,
+                s.channel_id.as_str(),
+                s.endpoint,
+                s.keys.private_key(),
+                s.keys.public_key(),
+                s.keys.auth(),
+                s.app_server_key,
+                s.push_count as i64,
+                s.last_push,
+                s.quota,
+                s.expired,
+                s.system,
+                s.bus_name,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Delete a subscription, its keys and its pending messages.
+    pub fn delete_subscription(&self, id: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM subscriptions WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Record a burst of notifications in one transaction. Each item is checked against
+    /// what was seen before; duplicates change nothing. Returns one outcome per item, in
+    /// order, and the ids of messages evicted by the pending cap.
+    pub fn record_batch(
+        &mut self,
+        items: &[BatchItem],
+        now_ms: i64,
+        max_pending: u32,
+    ) -> Result<(Vec<Recorded>, Vec<(i64, String)>), StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut touched = Vec::new();
+        {
+            let mut seen = tx.prepare_cached(
+                "INSERT OR IGNORE INTO seen (channel_id, version, at) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut counters = tx.prepare_cached(
+                "UPDATE subscriptions SET push_count = ?2, last_push = ?3, quota = ?4, expired = ?5
+                 WHERE id = ?1",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (id, subscription_id, channel_id, version, payload, received,
+                     ttl, topic, urgency)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for item in items {
+                let fresh = seen.execute(params![item.channel_id.as_str(), item.version, now_ms])?;
+                if fresh == 0 {
+                    outcomes.push(Recorded::Duplicate);
+                    continue;
+                }
+                if let Some(c) = &item.counters {
+                    counters.execute(params![
+                        c.subscription_id,
+                        c.push_count as i64,
+                        c.last_push,
+                        c.quota,
+                        c.expired
+                    ])?;
+                }
+                if let Some(m) = &item.message {
+                    insert.execute(params![
+                        m.id,
+                        m.subscription_id,
+                        m.channel_id.as_str(),
+                        m.version,
+                        m.payload,
+                        m.received,
+                        m.ttl,
+                        m.topic,
+                        m.urgency
+                    ])?;
+                    if !touched.contains(&m.subscription_id) {
+                        touched.push(m.subscription_id);
+                    }
+                }
+                outcomes.push(Recorded::Stored);
+            }
+        }
+        let mut evicted = Vec::new();
+        {
+            let mut over = tx.prepare_cached(
+                "SELECT id FROM messages WHERE subscription_id = ?1
+                 ORDER BY received DESC, rowid DESC LIMIT -1 OFFSET ?2",
+            )?;
+            let mut del = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+            for sub in touched {
+                let ids: Vec<String> = over
+                    .query_map(params![sub, max_pending], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for id in ids {
+                    del.execute([&id])?;
+                    evicted.push((sub, id));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok((outcomes, evicted))
+    }
+
+    pub fn pending(&self, subscription_id: i64) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, subscription_id, channel_id, version, payload, received, ttl, topic, urgency
+             FROM messages WHERE subscription_id = ?1 ORDER BY received, rowid",
+        )?;
+        let rows = st.query_map([subscription_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, u32>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, String>(8)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, sub, ch, version, payload, received, ttl, topic, urgency) = row?;
+            out.push(StoredMessage {
+                id,
+                subscription_id: sub,
+                channel_id: ChannelId::parse(&ch)
+                    .map_err(|e| StoreError::Corrupt(format!("message: {e}")))?,
+                version,
+                payload,
+                received,
+                ttl,
+                topic,
+                urgency,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn pending_count(&self, subscription_id: i64) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM messages WHERE subscription_id = ?1",
+            [subscription_id],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// Forget a message the app acknowledged; `false` if there was none.
+    pub fn ack(&self, subscription_id: i64, message_id: &str) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "DELETE FROM messages WHERE subscription_id = ?1 AND id = ?2",
+            params![subscription_id, message_id],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Delete messages whose time is up; returns (subscription, message id) of each.
+    pub fn expire_messages(&mut self, now_ms: i64) -> Result<Vec<(i64, String)>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let gone: Vec<(i64, String)> = {
+            let mut st = tx.prepare_cached(
+                "DELETE FROM messages WHERE received + ttl * 1000 <= ?1
+                 RETURNING subscription_id, id",
+            )?;
+            let rows = st.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        tx.commit()?;
+        Ok(gone)
+    }
+
+    /// The earliest time a pending message expires, to arm one timer for all.
+    pub fn next_expiry(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT min(received + ttl * 1000) FROM messages", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?)
+    }
+
+    /// Drop de-duplication entries older than `before_ms`, except for messages still stored.
+    pub fn prune_seen(&self, before_ms: i64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM seen WHERE at < ?1 AND NOT EXISTS
+               (SELECT 1 FROM messages m WHERE m.channel_id = seen.channel_id AND m.version = seen.version)",
+            [before_ms],
+        )?)
+    }
+
+    /// `PRAGMA integrity_check`, for tests and `pushctl status` diagnostics.
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn record(channel: &str, scope: &str) -> SubscriptionRecord {
+        SubscriptionRecord {
+            id: 0,
+            channel_id: ChannelId::parse(channel).unwrap(),
+            app_id: AppId::parse("org.example.App").unwrap(),
+            scope: Scope::parse(scope).unwrap(),
+            endpoint: "https://push.example/wpush/v1/x".into(),
+            keys: SubscriptionKeys::generate().unwrap(),
+            app_server_key: None,
+            push_count: 0,
+            last_push: 0,
+            quota: 16,
+            expired: false,
+            system: false,
+            bus_name: None,
+            created: 1,
+        }
+    }
+
+    fn message(sub: i64, ch: &str, version: &str, received: i64) -> StoredMessage {
+        StoredMessage {
+            id: crate::ids::new_message_id(),
+            subscription_id: sub,
+            channel_id: ChannelId::parse(ch).unwrap(),
+            version: version.into(),
+            payload: b"hi".to_vec(),
+            received,
+            ttl: 60,
+            topic: String::new(),
+            urgency: "normal".into(),
+        }
+    }
+
+    const CH: &str = "9d4a2c3e-1b6f-4f0a-8c2d-5e6f7a8b9c0d";
+
+    #[test]
+    fn files_are_private_and_second_open_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let (store, moved) = Store::open(&state).unwrap();
+        assert!(moved.is_none());
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(store.path()), 0o600);
+        assert!(matches!(Store::open(&state), Err(StoreError::Locked(_))));
+        drop(store);
+        Store::open(&state).unwrap();
+    }
+
+    #[test]
+    fn uaid_subscriptions_and_messages_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = record(CH, "scope");
+        {
+            let (mut store, _) = Store::open(dir.path()).unwrap();
+            store.set_uaid(&Uaid::parse("abc").unwrap()).unwrap();
+            let id = store.insert_subscription(&rec).unwrap();
+            let (out, evicted) = store
+                .record_batch(
+                    &[BatchItem {
+                        channel_id: rec.channel_id.clone(),
+                        version: "v1".into(),
+                        counters: None,
+                        message: Some(message(id, CH, "v1", 5)),
+                    }],
+                    5,
+                    100,
+                )
+                .unwrap();
+            assert_eq!(out, vec![Recorded::Stored]);
+            assert!(evicted.is_empty());
+        }
+        let (store, _) = Store::open(dir.path()).unwrap();
+        assert_eq!(store.uaid().unwrap().unwrap().as_str(), "abc");
+        let subs = store.subscriptions().unwrap();
+        assert_eq!(subs.len(), 1);
+        assert_eq!(subs[0].keys.public_key(), rec.keys.public_key());
+        assert_eq!(store.pending(subs[0].id).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn duplicates_and_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        let id = store.insert_subscription(&record(CH, "s")).unwrap();
+        let item = |v: &str, t| BatchItem {
+            channel_id: ChannelId::parse(CH).unwrap(),
+            version: v.into(),
+            counters: None,
+            message: Some(message(id, CH, v, t)),
+        };
+        let (out, _) = store
+            .record_batch(&[item("a", 1), item("a", 2), item("b", 3)], 3, 100)
+            .unwrap();
+        assert_eq!(out, vec![Recorded::Stored, Recorded::Duplicate, Recorded::Stored]);
+        let (_, evicted) = store
+            .record_batch(&[item("c", 4), item("d", 5)], 5, 3)
+            .unwrap();
+        assert_eq!(evicted.len(), 1);
+        let left: Vec<String> = store.pending(id).unwrap().into_iter().map(|m| m.version).collect();
+        assert_eq!(left, vec!["b", "c", "d"]);
+        // Acknowledged messages stay de-duplicated.
+        let first = store.pending(id).unwrap()[0].id.clone();
+        assert!(store.ack(id, &first).unwrap());
+        let (out, _) = store.record_batch(&[item("b", 6)], 6, 100).unwrap();
+        assert_eq!(out, vec![Recorded::Duplicate]);
+    }
+
+    #[test]
+    fn garbage_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(DB_FILE), vec![0x42u8; 8192]).unwrap();
+        let (store, moved) = Store::open(dir.path()).unwrap();
+        let aside = moved.expect("moved aside");
+        assert!(aside.exists());
+        assert!(store.subscriptions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    }
+}

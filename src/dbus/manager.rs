@@ -1,0 +1,388 @@
+//! `org.webpushd.Push1.Manager` and `org.webpushd.Push1.Admin` at `/org/webpushd/Push1`.
+//!
+//! Each method: find the caller, parse arguments into domain types, call `push::Handle`,
+//! map the failure. No state of its own beyond handles.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_bytes::ByteBuf;
+use tokio::sync::watch;
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
+use zbus::{fdo, interface};
+
+use super::error::Error;
+use super::identity::{Identity, Resolver};
+use super::{message_meta, subscription_path, subscription_id_from_path};
+use crate::connection::{self, ConnStatus};
+use crate::crypto;
+use crate::ids::Scope;
+use crate::push::{self, Request, SubscribeOptions};
+
+pub const PATH: &str = "/org/webpushd/Push1";
+
+pub(super) async fn caller(resolver: &Resolver, hdr: &Header<'_>) -> Result<Identity, Error> {
+    let sender = hdr
+        .sender()
+        .ok_or_else(|| Error::AccessDenied("the call has no sender".into()))?;
+    resolver.resolve(sender.as_str()).await
+}
+
+pub struct Manager {
+    pub(super) push: push::Handle,
+    pub(super) resolver: Arc<Resolver>,
+}
+
+fn parse_options(
+    options: &HashMap<String, OwnedValue>,
+) -> Result<SubscribeOptions, Error> {
+    let mut out = SubscribeOptions::default();
+    for (k, v) in options {
+        match k.as_str() {
+            "application_server_key" => {
+                let raw = match &**v {
+                    Value::Array(a) => {
+                        let bytes: Result<Vec<u8>, _> =
+                            a.iter().map(|x| u8::try_from(x.clone())).collect();
+                        bytes.map_err(|_| {
+                            Error::InvalidArgument(
+                                "application_server_key must be a byte array (ay) or a base64url string (s)".into(),
+                            )
+                        })?
+                    }
+                    Value::Str(s) => crypto::b64(s.as_str()).map_err(|_| {
+                        Error::InvalidArgument("application_server_key is not valid base64url".into())
+                    })?,
+                    _ => {
+                        return Err(Error::InvalidArgument(
+                            "application_server_key must be a byte array (ay) or a base64url string (s)".into(),
+                        ))
+                    }
+                };
+                crypto::validate_public_key(&raw).map_err(|e| {
+                    Error::InvalidArgument(format!("application_server_key: {e}"))
+                })?;
+                out.application_server_key = Some(raw);
+            }
+            "system" => match &**v {
+                Value::Bool(b) => out.system = *b,
+                _ => return Err(Error::InvalidArgument("system must be a boolean (b)".into())),
+            },
+            "bus_name" => match &**v {
+                Value::Str(s) => {
+                    let name = s.as_str();
+                    zbus::names::WellKnownName::try_from(name).map_err(|_| {
+                        Error::InvalidArgument(format!("bus_name {name:?} is not a well-known bus name"))
+                    })?;
+                    out.bus_name = Some(name.to_string());
+                }
+                _ => return Err(Error::InvalidArgument("bus_name must be a string (s)".into())),
+            },
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown option {other:?}; known: application_server_key, system, bus_name"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[interface(name = "org.webpushd.Push1.Manager")]
+impl Manager {
+    /// Create, or return the existing, subscription for (caller's app, scope).
+    async fn subscribe(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        scope: &str,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<OwnedObjectPath, Error> {
+        let who = caller(&self.resolver, &hdr).await?;
+        let scope = Scope::parse(scope)?;
+        let options = parse_options(&options)?;
+        if let Some(bus) = &options.bus_name {
+            // The name must be the app's own, or one the caller owns right now.
+            if bus != who.app_id.as_str() {
+                let dbus = fdo::DBusProxy::new(conn).await?;
+                let name = zbus::names::BusName::try_from(bus.as_str())
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                let owner = dbus.get_name_owner(name).await.ok();
+                let sender = hdr.sender().map(|s| s.as_str().to_string());
+                if owner.map(|o| o.to_string()) != sender {
+                    return Err(Error::AccessDenied(format!(
+                        "bus_name {bus:?} is neither this app's id nor owned by the caller"
+                    )));
+                }
+            }
+        }
+        let caller = who.caller();
+        let info = self
+            .push
+            .request(|reply| Request::Subscribe {
+                caller,
+                scope,
+                options,
+                reply,
+            })
+            .await?;
+        Ok(subscription_path(info.id))
+    }
+
+    async fn get_subscription(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        scope: &str,
+    ) -> Result<OwnedObjectPath, Error> {
+        let who = caller(&self.resolver, &hdr).await?;
+        let scope = Scope::parse(scope)?;
+        let info = self
+            .push
+            .request(|reply| Request::Get {
+                app: who.app_id,
+                scope,
+                reply,
+            })
+            .await?;
+        Ok(subscription_path(info.id))
+    }
+
+    async fn unsubscribe(&self, #[zbus(header)] hdr: Header<'_>, scope: &str) -> Result<bool, Error> {
+        let who = caller(&self.resolver, &hdr).await?;
+        let scope = Scope::parse(scope)?;
+        Ok(self
+            .push
+            .request(|reply| Request::Unsubscribe {
+                app: who.app_id,
+                scope,
+                reply,
+            })
+            .await?)
+    }
+
+    async fn list_subscriptions(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<Vec<OwnedObjectPath>, Error> {
+        let who = caller(&self.resolver, &hdr).await?;
+        let list = self
+            .push
+            .request(|reply| Request::List {
+                app: Some(who.app_id),
+                reply,
+            })
+            .await?;
+        Ok(list.iter().map(|i| subscription_path(i.id)).collect())
+    }
+
+    async fn fetch_messages(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        scope: &str,
+    ) -> Result<Vec<(String, ByteBuf, HashMap<String, OwnedValue>)>, Error> {
+        let who = caller(&self.resolver, &hdr).await?;
+        let scope = Scope::parse(scope)?;
+        let msgs = self
+            .push
+            .request(|reply| Request::Fetch {
+                app: who.app_id,
+                scope,
+                reply,
+            })
+            .await?;
+        Ok(msgs
+            .into_iter()
+            .map(|m| {
+                let meta = message_meta(&m);
+                (m.id, ByteBuf::from(m.payload), meta)
+            })
+            .collect())
+    }
+
+    async fn ack_message(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        scope: &str,
+        message_id: &str,
+    ) -> Result<(), Error> {
+        let who = caller(&self.resolver, &hdr).await?;
+        let scope = Scope::parse(scope)?;
+        if message_id.is_empty() || message_id.len() > 128 {
+            return Err(Error::InvalidArgument("message_id must be 1-128 bytes".into()));
+        }
+        let message_id = message_id.to_string();
+        Ok(self
+            .push
+            .request(|reply| Request::Ack {
+                app: who.app_id,
+                scope,
+                message_id,
+                reply,
+            })
+            .await?)
+    }
+
+    #[zbus(signal)]
+    pub async fn message(
+        emitter: &SignalEmitter<'_>,
+        subscription: ObjectPath<'_>,
+        scope: &str,
+        message_id: &str,
+        payload: &serde_bytes::Bytes,
+        meta: HashMap<String, OwnedValue>,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    pub async fn subscription_changed(
+        emitter: &SignalEmitter<'_>,
+        subscription: ObjectPath<'_>,
+        scope: &str,
+        reason: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    pub async fn quota_changed(
+        emitter: &SignalEmitter<'_>,
+        subscription: ObjectPath<'_>,
+        scope: &str,
+        remaining: i32,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    pub async fn expired(
+        emitter: &SignalEmitter<'_>,
+        subscription: ObjectPath<'_>,
+        scope: &str,
+        reason: &str,
+    ) -> zbus::Result<()>;
+}
+
+pub struct Admin {
+    pub(super) push: push::Handle,
+    pub(super) conn: connection::Handle,
+    pub(super) resolver: Arc<Resolver>,
+    pub(super) status: watch::Receiver<ConnStatus>,
+    pub(super) server_url: String,
+    pub(super) uaid: Arc<Mutex<String>>,
+}
+
+impl Admin {
+    async fn admin(&self, hdr: &Header<'_>) -> Result<Identity, Error> {
+        let who = caller(&self.resolver, hdr).await?;
+        if who.sandboxed() {
+            return Err(Error::AccessDenied(format!(
+                "{} is sandboxed; the Admin interface is for pushctl and the user",
+                who.app_id
+            )));
+        }
+        Ok(who)
+    }
+}
+
+fn epoch_ms(t: Option<std::time::SystemTime>) -> i64 {
+    t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[interface(name = "org.webpushd.Push1.Admin")]
+impl Admin {
+    #[zbus(property)]
+    fn state(&self) -> String {
+        self.status.borrow().state.as_str().to_string()
+    }
+
+    #[zbus(property)]
+    fn server_url(&self) -> String {
+        self.server_url.clone()
+    }
+
+    /// The full UAID: only for unsandboxed callers (a hello with it knocks us off).
+    #[zbus(property)]
+    async fn uaid(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
+        if let Some(hdr) = hdr {
+            self.admin(&hdr)
+                .await
+                .map_err(|e| fdo::Error::AccessDenied(e.to_string()))?;
+        }
+        Ok(self.uaid.lock().expect("uaid lock").clone())
+    }
+
+    #[zbus(property)]
+    fn version(&self) -> String {
+        crate::VERSION.to_string()
+    }
+
+    async fn status(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<HashMap<String, OwnedValue>, Error> {
+        self.admin(&hdr).await?;
+        let counts = self.push.request(|reply| Request::Counts { reply }).await?;
+        let s = self.status.borrow().clone();
+        let mut m: HashMap<String, OwnedValue> = HashMap::new();
+        let mut put = |k: &str, v: Value<'_>| {
+            m.insert(k.to_string(), v.try_to_owned().expect("plain values have no fds"));
+        };
+        put("state", Value::from(s.state.as_str()));
+        put("server", Value::from(self.server_url.as_str()));
+        put("uaid", Value::from(self.uaid.lock().expect("uaid lock").clone()));
+        put("version", Value::from(crate::VERSION));
+        put("subscriptions", Value::from(counts.subscriptions));
+        put("expired", Value::from(counts.expired));
+        put("pending_messages", Value::from(counts.pending_messages));
+        put("messages_received", Value::from(counts.messages_received));
+        put("connected_since", Value::from(epoch_ms(s.connected_since)));
+        put("last_error", Value::from(s.last_error.unwrap_or_default()));
+        put("next_retry", Value::from(epoch_ms(s.next_retry)));
+        put("failures", Value::from(s.failures));
+        Ok(m)
+    }
+
+    async fn list_all(&self, #[zbus(header)] hdr: Header<'_>) -> Result<Vec<OwnedObjectPath>, Error> {
+        self.admin(&hdr).await?;
+        let list = self
+            .push
+            .request(|reply| Request::List { app: None, reply })
+            .await?;
+        Ok(list.iter().map(|i| subscription_path(i.id)).collect())
+    }
+
+    async fn reset_quota(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        subscription: ObjectPath<'_>,
+    ) -> Result<(), Error> {
+        self.admin(&hdr).await?;
+        let id = subscription_id_from_path(&subscription)?;
+        Ok(self
+            .push
+            .request(|reply| Request::ResetQuota { id, reply })
+            .await?)
+    }
+
+    async fn remove(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        subscription: ObjectPath<'_>,
+    ) -> Result<(), Error> {
+        self.admin(&hdr).await?;
+        let id = subscription_id_from_path(&subscription)?;
+        self.push
+            .request(|reply| Request::Remove {
+                app: None,
+                id,
+                reply,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn reconnect(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), Error> {
+        self.admin(&hdr).await?;
+        self.conn.reconnect().await;
+        Ok(())
+    }
+}

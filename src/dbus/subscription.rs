@@ -1,0 +1,152 @@
+//! `org.webpushd.Push1.Subscription`: one object per subscription, a read-only view kept
+//! current by the event pump, plus `GetKey` and `Unsubscribe`.
+//!
+//! Reads are allowed to the owning app and to unsandboxed callers (the same user, who can
+//! read the database anyway; `pushctl list --all` needs it). Endpoint and keys are
+//! capabilities, so their changes are announced as invalidations, not broadcast.
+
+use std::sync::Arc;
+
+use serde_bytes::ByteBuf;
+use zbus::message::Header;
+use zbus::{fdo, interface};
+
+use super::error::Error;
+use super::identity::Resolver;
+use super::manager::caller;
+use crate::push::{self, Request, SubscriptionInfo};
+
+pub struct SubscriptionObject {
+    pub(super) info: SubscriptionInfo,
+    pub(super) push: push::Handle,
+    pub(super) resolver: Arc<Resolver>,
+}
+
+impl SubscriptionObject {
+    async fn may_read(&self, hdr: Option<Header<'_>>) -> fdo::Result<()> {
+        let Some(hdr) = hdr else {
+            return Ok(());
+        };
+        let who = caller(&self.resolver, &hdr)
+            .await
+            .map_err(|e| fdo::Error::AccessDenied(e.to_string()))?;
+        if who.app_id == self.info.app_id || !who.sandboxed() {
+            Ok(())
+        } else {
+            Err(fdo::Error::AccessDenied(
+                "this subscription belongs to another app".into(),
+            ))
+        }
+    }
+
+    async fn owner(&self, hdr: &Header<'_>) -> Result<(), Error> {
+        let who = caller(&self.resolver, hdr).await?;
+        if who.app_id == self.info.app_id {
+            Ok(())
+        } else {
+            Err(Error::AccessDenied(
+                "this subscription belongs to another app".into(),
+            ))
+        }
+    }
+}
+
+#[interface(name = "org.webpushd.Push1.Subscription")]
+impl SubscriptionObject {
+    /// `p256dh` (65-byte public key) or `auth` (16-byte secret), as nsIPushSubscription.getKey.
+    async fn get_key(&self, #[zbus(header)] hdr: Header<'_>, name: &str) -> Result<ByteBuf, Error> {
+        self.owner(&hdr).await?;
+        match name {
+            "p256dh" => Ok(ByteBuf::from(self.info.p256dh.clone())),
+            "auth" => Ok(ByteBuf::from(self.info.auth.clone())),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown key {other:?}; use \"p256dh\" or \"auth\""
+            ))),
+        }
+    }
+
+    async fn unsubscribe(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), Error> {
+        self.owner(&hdr).await?;
+        let app = Some(self.info.app_id.clone());
+        let id = self.info.id;
+        self.push
+            .request(|reply| Request::Remove { app, id, reply })
+            .await?;
+        Ok(())
+    }
+
+    #[zbus(property)]
+    async fn scope(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
+        self.may_read(hdr).await?;
+        Ok(self.info.scope.to_string())
+    }
+
+    #[zbus(property)]
+    async fn app_id(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
+        self.may_read(hdr).await?;
+        Ok(self.info.app_id.to_string())
+    }
+
+    #[zbus(property(emits_changed_signal = "invalidates"))]
+    async fn endpoint(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
+        self.may_read(hdr).await?;
+        Ok(self.info.endpoint.clone())
+    }
+
+    #[zbus(property(emits_changed_signal = "invalidates"))]
+    async fn p256dh(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<Vec<u8>> {
+        self.may_read(hdr).await?;
+        Ok(self.info.p256dh.clone())
+    }
+
+    #[zbus(property(emits_changed_signal = "invalidates"))]
+    async fn auth(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<Vec<u8>> {
+        self.may_read(hdr).await?;
+        Ok(self.info.auth.clone())
+    }
+
+    #[zbus(property)]
+    async fn application_server_key(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+    ) -> fdo::Result<Vec<u8>> {
+        self.may_read(hdr).await?;
+        Ok(self.info.app_server_key.clone())
+    }
+
+    #[zbus(property)]
+    async fn push_count(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<u64> {
+        self.may_read(hdr).await?;
+        Ok(self.info.push_count)
+    }
+
+    #[zbus(property)]
+    async fn last_push(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<i64> {
+        self.may_read(hdr).await?;
+        Ok(self.info.last_push)
+    }
+
+    #[zbus(property)]
+    async fn quota(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<i32> {
+        self.may_read(hdr).await?;
+        Ok(self.info.quota)
+    }
+
+    #[zbus(property)]
+    async fn quota_applies(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<bool> {
+        self.may_read(hdr).await?;
+        Ok(self.info.quota_applies())
+    }
+
+    #[zbus(property)]
+    async fn expired(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<bool> {
+        self.may_read(hdr).await?;
+        Ok(self.info.expired)
+    }
+
+    #[zbus(property)]
+    async fn created(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<i64> {
+        self.may_read(hdr).await?;
+        Ok(self.info.created)
+    }
+}

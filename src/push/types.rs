@@ -1,0 +1,184 @@
+//! The values `push` exchanges with `dbus/`: requests in, outcomes and events out.
+
+use tokio::sync::oneshot;
+
+use crate::ids::{AppId, Scope};
+use crate::store::{StoredMessage, SubscriptionRecord};
+
+/// A subscription as apps and `pushctl` see it: no private key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriptionInfo {
+    pub id: i64,
+    pub app_id: AppId,
+    pub scope: Scope,
+    pub endpoint: String,
+    pub p256dh: Vec<u8>,
+    pub auth: Vec<u8>,
+    pub app_server_key: Vec<u8>,
+    pub push_count: u64,
+    pub last_push: i64,
+    pub quota: i32,
+    pub system: bool,
+    pub expired: bool,
+    pub created: i64,
+    pub bus_name: String,
+    pub pending: u64,
+}
+
+impl SubscriptionInfo {
+    pub fn from_record(r: &SubscriptionRecord, pending: u64) -> SubscriptionInfo {
+        SubscriptionInfo {
+            id: r.id,
+            app_id: r.app_id.clone(),
+            scope: r.scope.clone(),
+            endpoint: r.endpoint.clone(),
+            p256dh: r.keys.public_key().to_vec(),
+            auth: r.keys.auth().to_vec(),
+            app_server_key: r.app_server_key.clone().unwrap_or_default(),
+            push_count: r.push_count,
+            last_push: r.last_push,
+            quota: r.quota,
+            system: r.system,
+            expired: r.expired,
+            created: r.created,
+            bus_name: r.bus_name.clone().unwrap_or_default(),
+            pending,
+        }
+    }
+
+    pub fn quota_applies(&self) -> bool {
+        self.quota >= 0
+    }
+}
+
+/// Errors a request can end with; `dbus/error.rs` maps each to a named D-Bus error.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PushError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the subscription exists with a different application server key")]
+    KeyMismatch,
+    #[error("{0}")]
+    AccessDenied(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, PushError>>;
+
+/// Who is asking: the app id from the caller's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub app_id: AppId,
+    /// Flatpak or Snap: may not ask for system subscriptions or use Admin.
+    pub sandboxed: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeOptions {
+    pub application_server_key: Option<Vec<u8>>,
+    pub system: bool,
+    pub bus_name: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Request {
+    Subscribe {
+        caller: Caller,
+        scope: Scope,
+        options: SubscribeOptions,
+        reply: Reply<SubscriptionInfo>,
+    },
+    Get {
+        app: AppId,
+        scope: Scope,
+        reply: Reply<SubscriptionInfo>,
+    },
+    /// By id, for the subscription objects and Admin. `app: None` = any app (admin).
+    GetById {
+        app: Option<AppId>,
+        id: i64,
+        reply: Reply<SubscriptionInfo>,
+    },
+    Unsubscribe {
+        app: AppId,
+        scope: Scope,
+        reply: Reply<bool>,
+    },
+    Remove {
+        app: Option<AppId>,
+        id: i64,
+        reply: Reply<bool>,
+    },
+    List {
+        app: Option<AppId>,
+        reply: Reply<Vec<SubscriptionInfo>>,
+    },
+    Fetch {
+        app: AppId,
+        scope: Scope,
+        reply: Reply<Vec<StoredMessage>>,
+    },
+    Ack {
+        app: AppId,
+        scope: Scope,
+        message_id: String,
+        reply: Reply<()>,
+    },
+    ResetQuota {
+        id: i64,
+        reply: Reply<()>,
+    },
+    Counts {
+        reply: Reply<Counts>,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub subscriptions: u64,
+    pub expired: u64,
+    pub pending_messages: u64,
+    pub messages_received: u64,
+}
+
+/// How a stored message should reach its app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Unicast `Message` signal to each of the app's connections.
+    Signal,
+    /// Call `org.webpushd.Push1.Client.Message` on this (activatable) name.
+    Activate(String),
+}
+
+/// What `push` tells the D-Bus side; it turns each into signals and object changes.
+#[derive(Debug, Clone)]
+pub enum DomainEvent {
+    Added(SubscriptionInfo),
+    Updated(SubscriptionInfo),
+    Removed {
+        id: i64,
+        app: AppId,
+    },
+    Message {
+        subscription: SubscriptionInfo,
+        message: StoredMessage,
+        delivery: Delivery,
+    },
+    SubscriptionChanged {
+        subscription: SubscriptionInfo,
+        reason: &'static str,
+    },
+    QuotaChanged {
+        subscription: SubscriptionInfo,
+    },
+    Expired {
+        subscription: SubscriptionInfo,
+        reason: &'static str,
+    },
+    Uaid(String),
+}
