@@ -3,6 +3,8 @@
 //! The library holds everything; `src/bin/webpushd.rs` and `src/bin/pushctl.rs` only parse
 //! flags and call into it. See ARCHITECTURE.md for the code map and invariants.
 
+pub mod appserver;
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod crypto;

@@ -1,0 +1,170 @@
+//! Subscriptions end to end: a real bus, the real daemon, the project's push server, and
+//! apps acting through zbus proxies.
+
+mod support;
+
+use std::collections::HashMap;
+
+use support::*;
+use webpushd::appserver::SendOptions;
+use zbus::zvariant::Value;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_post_arrives_as_a_message_signal_with_the_exact_plaintext() {
+    let w = World::new().await;
+    let app = w.bus.app("org.example.Chat").await;
+    let sub = app.subscribe("https://chat.example/").await;
+    assert!(sub.endpoint.starts_with(&w.server.http_base()), "{}", sub.endpoint);
+    assert_eq!(sub.p256dh.len(), 65);
+    assert_eq!(sub.auth.len(), 16);
+
+    let mut messages = app.messages().await;
+    for aesgcm in [false, true] {
+        let text = format!("hello via {}", if aesgcm { "aesgcm" } else { "aes128gcm" });
+        let opts = SendOptions {
+            aesgcm,
+            ..Default::default()
+        };
+        let resp = post_with(&sub, text.as_bytes(), &opts).await;
+        assert_eq!(resp.status, 201, "{}", resp.body);
+        let (scope, id, payload) = next(&mut messages, "Message").await;
+        assert_eq!(scope, "https://chat.example/");
+        assert_eq!(payload, text.as_bytes());
+        app.manager.ack_message(&scope, &id).await.unwrap();
+    }
+    // Acked with 100 only: both messages stored, then acknowledged.
+    let acks = w.server.stats().acks;
+    assert_eq!(acks.iter().filter(|a| a.2 == 100).count(), 2, "{acks:?}");
+    // Acknowledged by the app: nothing pending.
+    assert!(app.manager.fetch_messages("https://chat.example/").await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribe_is_idempotent_and_apps_are_isolated() {
+    let w = World::new().await;
+    let a = w.bus.app("org.example.A").await;
+    let b = w.bus.app("org.example.B").await;
+    let sa = a.subscribe("scope").await;
+    assert_eq!(a.subscribe("scope").await.path, sa.path);
+    let sb = b.subscribe("scope").await;
+    assert_ne!(sa.path, sb.path);
+    assert_ne!(sa.endpoint, sb.endpoint);
+
+    assert_eq!(a.manager.list_subscriptions().await.unwrap(), vec![sa.path.clone()]);
+    assert_eq!(b.manager.list_subscriptions().await.unwrap(), vec![sb.path.clone()]);
+
+    // B cannot use A's object.
+    let foreign = b.subscription(&sa.path).await;
+    let err = foreign.get_key("auth").await.unwrap_err();
+    assert!(err.to_string().contains("AccessDenied"), "{err}");
+    let err = foreign.unsubscribe().await.unwrap_err();
+    assert!(err.to_string().contains("AccessDenied"), "{err}");
+
+    // Messages go only to the owner.
+    let mut ma = a.messages().await;
+    let mut mb = b.messages().await;
+    post(&sa, b"for A").await;
+    let (_, _, payload) = next(&mut ma, "A's message").await;
+    assert_eq!(payload, b"for A");
+    post(&sb, b"for B").await;
+    let (_, _, payload) = next(&mut mb, "B's message").await;
+    assert_eq!(payload, b"for B");
+    // A never saw B's.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), futures_util::StreamExt::next(&mut ma))
+            .await
+            .is_err()
+    );
+    // B's unsubscribe of "scope" is B's own.
+    assert!(b.manager.unsubscribe("scope").await.unwrap());
+    assert_eq!(a.manager.list_subscriptions().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_app_gets_its_messages_and_everything_survives_restart() {
+    let mut w = World::new().await;
+    let sub = {
+        let app = w.bus.app("org.example.Mail").await;
+        app.subscribe("inbox").await
+    }; // the app leaves the bus
+    let resp = post(&sub, b"while you were away").await;
+    assert_eq!(resp.status, 201);
+    eventually("the message to be stored and acknowledged", || async {
+        w.server.stats().acks.iter().any(|a| a.2 == 100).then_some(())
+    })
+    .await;
+
+    w.daemon.restart(&w.bus).await;
+
+    let app = w.bus.app("org.example.Mail").await;
+    let same = app.subscribe("inbox").await;
+    assert_eq!(same.path, sub.path);
+    assert_eq!(same.endpoint, sub.endpoint);
+    assert_eq!(same.p256dh, sub.p256dh);
+    assert_eq!(same.auth, sub.auth);
+    let pending = app.manager.fetch_messages("inbox").await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].1.as_ref(), b"while you were away");
+    let meta = &pending[0].2;
+    assert!(meta.contains_key("received_at") && meta.contains_key("ttl"));
+    app.manager.ack_message("inbox", &pending[0].0).await.unwrap();
+    assert!(app.manager.fetch_messages("inbox").await.unwrap().is_empty());
+    let err = app.manager.ack_message("inbox", &pending[0].0).await.unwrap_err();
+    assert!(err.to_string().contains("NotFound"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsubscribe_makes_the_endpoint_gone() {
+    let w = World::new().await;
+    let app = w.bus.app("org.example.News").await;
+    let sub = app.subscribe("feed").await;
+    assert_eq!(post(&sub, b"one").await.status, 201);
+    assert!(app.manager.unsubscribe("feed").await.unwrap());
+    assert!(!app.manager.unsubscribe("feed").await.unwrap());
+    eventually("the endpoint to answer 410", || async {
+        (post(&sub, b"two").await.status == 410).then_some(())
+    })
+    .await;
+    let err = app.manager.get_subscription("feed").await.unwrap_err();
+    assert!(err.to_string().contains("NotFound"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_arguments_get_named_errors_and_change_nothing() {
+    let w = World::new().await;
+    let app = w.bus.app("org.example.Bad").await;
+    let check = |r: zbus::Result<Sub>, name: &str| {
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(name), "{e}");
+    };
+    check(app.subscribe_with("", HashMap::new()).await, "InvalidArgument");
+    check(app.subscribe_with(&"x".repeat(1024 * 1024), HashMap::new()).await, "InvalidArgument");
+    let opts = HashMap::from([("application_server_key", Value::from(vec![4u8; 65]))]);
+    check(app.subscribe_with("s", opts).await, "InvalidArgument");
+    let opts = HashMap::from([("application_server_key", Value::from("!!notbase64"))]);
+    check(app.subscribe_with("s", opts).await, "InvalidArgument");
+    let opts = HashMap::from([("surprise", Value::from(true))]);
+    check(app.subscribe_with("s", opts).await, "InvalidArgument");
+    let opts = HashMap::from([("system", Value::from("yes"))]);
+    check(app.subscribe_with("s", opts).await, "InvalidArgument");
+    let opts = HashMap::from([("bus_name", Value::from("org.someone.Else"))]);
+    check(app.subscribe_with("s", opts).await, "AccessDenied");
+    assert!(app.manager.list_subscriptions().await.unwrap().is_empty());
+
+    // A VAPID key is kept, and a different one is a KeyMismatch.
+    let k1 = webpushd::vapid::VapidKey::generate().unwrap().public_raw().to_vec();
+    let k2 = webpushd::vapid::VapidKey::generate().unwrap().public_raw().to_vec();
+    let opts = HashMap::from([("application_server_key", Value::from(k1.clone()))]);
+    let sub = app.subscribe_with("keyed", opts).await.unwrap();
+    assert!(sub.endpoint.contains("/wpush/v2/"), "{}", sub.endpoint);
+    let b64 = webpushd::crypto::b64_encode(&k1);
+    let opts = HashMap::from([("application_server_key", Value::from(b64.as_str()))]);
+    assert_eq!(app.subscribe_with("keyed", opts).await.unwrap().path, sub.path);
+    let opts = HashMap::from([("application_server_key", Value::from(k2))]);
+    check(app.subscribe_with("keyed", opts).await, "KeyMismatch");
+    let err = app.manager.fetch_messages("nope").await.unwrap_err();
+    assert!(err.to_string().contains("NotFound"), "{err}");
+    let p = app.subscription(&sub.path).await;
+    let err = p.get_key("private").await.unwrap_err();
+    assert!(err.to_string().contains("InvalidArgument"), "{err}");
+}
