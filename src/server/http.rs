@@ -1,0 +1,254 @@
+//! The HTTP side (autoendpoint, RFC 8030): application servers POST pushes here.
+//!
+//! Checks run in autoendpoint's order so status codes match what a real sender sees:
+//! token (404), VAPID header and key (401), user and channel (410), JWT (401), body size
+//! (413), then headers (400). The body is read with a hard limit, never buffered unbounded.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{now_unix, short, PushMessage, Rejection, ServerError, Shared, MAX_TTL};
+use crate::vapid;
+
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much of an oversized body is still read (and discarded) before answering 413.
+const DRAIN_LIMIT: u64 = 1 << 20;
+const MORE_INFO: &str = "http://autopush.readthedocs.io/en/latest/http.html#error-codes";
+
+/// Serves HTTP/1.1 until cancelled; open connections are dropped on cancel.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(64 << 10)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                r = conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "HTTP connection ended with an error");
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let result = match segments.as_slice() {
+        ["wpush", api @ ("v1" | "v2"), token] => {
+            if req.method() != Method::POST {
+                Err(Rejection::new(405, None, "Method not allowed").into())
+            } else {
+                let version = if *api == "v1" { 1 } else { 2 };
+                push(shared, version, token, req).await
+            }
+        }
+        ["m", message_id] => {
+            if req.method() != Method::DELETE {
+                Err(Rejection::new(405, None, "Method not allowed").into())
+            } else {
+                delete_message(shared, message_id)
+            }
+        }
+        _ => Err(Rejection::new(404, None, "Not found").into()),
+    };
+    match result {
+        Ok(resp) => resp,
+        Err(ServerError::Rejected(r)) => error_response(&r),
+        Err(ServerError::Store(e)) if e.is_busy() => {
+            error_response(&Rejection::new(503, Some(201), "Storage busy, retry later"))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "push failed");
+            error_response(&Rejection::new(500, Some(999), "Internal server error"))
+        }
+    }
+}
+
+async fn push(
+    shared: &Shared,
+    version: u8,
+    token: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ServerError> {
+    let info = shared
+        .parse_token(version, token)
+        .ok_or_else(|| Rejection::new(404, Some(102), "Invalid token"))?;
+    let headers = req.headers().clone();
+    let unauthorized = |m: &str| Rejection::new(401, Some(109), m);
+
+    // VAPID: parsed whenever present, required and bound to the key on v2 endpoints.
+    let vapid = match header(&headers, "authorization") {
+        None => None,
+        Some(auth) => Some(
+            vapid::parse_authorization(auth, header(&headers, "crypto-key"))
+                .map_err(|e| unauthorized(&e.to_string()))?,
+        ),
+    };
+    if let Some(expected) = info.key_hash {
+        let (_, key) = vapid
+            .as_ref()
+            .ok_or_else(|| unauthorized("Missing VAPID Authorization for a v2 endpoint"))?;
+        if !openssl::memcmp::eq(&openssl::sha::sha256(key), &expected) {
+            return Err(unauthorized("VAPID public key mismatch").into());
+        }
+    }
+    shared.check_channel(&info.uaid, &info.channel_id)?;
+    if let Some((jwt, key)) = &vapid {
+        vapid::verify_jwt(jwt, key, &shared.http_base, now_unix())
+            .map_err(|e| unauthorized(&format!("Invalid VAPID token: {e}")))?;
+    }
+
+    let body = read_body(shared.opts.max_body, req).await?;
+
+    let ttl = header(&headers, "ttl")
+        .and_then(|t| t.trim().parse::<i64>().ok())
+        .ok_or_else(|| Rejection::new(400, Some(111), "Missing TTL header"))?;
+    if ttl < 0 {
+        return Err(Rejection::new(400, Some(114), "TTL must be greater than 0").into());
+    }
+    let ttl = u32::try_from(ttl).unwrap_or(MAX_TTL).min(MAX_TTL);
+    let msg = PushMessage {
+        body: body.to_vec(),
+        content_encoding: header(&headers, "content-encoding").map(str::to_owned),
+        encryption: header(&headers, "encryption").map(str::to_owned),
+        crypto_key: header(&headers, "crypto-key").map(str::to_owned),
+        ttl,
+        topic: header(&headers, "topic").map(str::to_owned),
+        urgency: header(&headers, "urgency").map(str::to_owned),
+    };
+    let outcome = shared.accept(&info.uaid, &info.channel_id, msg)?;
+    tracing::debug!(
+        uaid = short(&info.uaid),
+        channel = %info.channel_id,
+        ttl,
+        outcome = outcome.kind(),
+        "push accepted"
+    );
+    let location = format!("{}/m/{}", shared.http_base, outcome.message_id());
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::CREATED;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    resp.headers_mut().insert("ttl", HeaderValue::from(ttl));
+    Ok(resp)
+}
+
+/// Reads at most `max` bytes of body. A somewhat larger body is read to the end (up to
+/// [`DRAIN_LIMIT`]) before the 413 goes out, so the client is not reset mid-upload and
+/// loses the answer; anything beyond that is cut off.
+async fn read_body(max: usize, req: Request<Incoming>) -> Result<Bytes, ServerError> {
+    let too_large = || Rejection::new(413, Some(104), "Data payload too large");
+    let declared = header(req.headers(), "content-length").and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > DRAIN_LIMIT) {
+        return Err(too_large().into());
+    }
+    let mut body = req.into_body();
+    let mut buf = Vec::new();
+    let mut total = 0u64;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue; // trailers
+            };
+            total += data.len() as u64;
+            if total <= max as u64 {
+                buf.extend_from_slice(&data);
+            } else if total > DRAIN_LIMIT {
+                break;
+            }
+        }
+        Ok::<_, hyper::Error>(())
+    };
+    match timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(())) if total > max as u64 => Err(too_large().into()),
+        Ok(Ok(())) => Ok(Bytes::from(buf)),
+        Ok(Err(_)) => Err(Rejection::new(400, None, "Could not read the request body").into()),
+        Err(_) => Err(Rejection::new(408, None, "Request body timed out").into()),
+    }
+}
+
+fn delete_message(shared: &Shared, message_id: &str) -> Result<Response<Full<Bytes>>, ServerError> {
+    let valid = !message_id.is_empty()
+        && message_id.len() <= 64
+        && message_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(Rejection::new(400, None, "Invalid message ID").into());
+    }
+    shared.store().delete_message_by_version(message_id)?;
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// autoendpoint's error body: `{"code","errno","error","message","more_info"}`.
+fn error_response(r: &Rejection) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::json!({
+        "code": status.as_u16(),
+        "errno": r.errno,
+        "error": status.canonical_reason().unwrap_or("Error"),
+        "message": r.message,
+        "more_info": MORE_INFO,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    match status {
+        StatusCode::GONE => {
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=86400"));
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("120"));
+        }
+        _ => {}
+    }
+    resp
+}

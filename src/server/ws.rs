@@ -1,0 +1,760 @@
+//! The WebSocket side (autoconnect): one task per connection owns its socket, its timers
+//! and its delivery state; others reach it only through its [`Command`] channel.
+//!
+//! It must not trust the client: every frame is parsed into typed messages at the edge,
+//! anything unexpected closes the connection the way autopush does (mostly 1011), and
+//! frames are capped at 64 KiB.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use super::faults::Step;
+use super::registry::Command;
+use super::store::Notification;
+use super::{lock, now_ms, short, Shared, BATCH_SIZE, MAX_ACK_RECORDS};
+
+const SUBPROTOCOL: &str = "push-notification";
+/// PROTOCOL.md: a frame over 64 KiB closes 1002.
+const MAX_FRAME: usize = 64 << 10;
+/// A client that stops reading must not pin a task forever.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing handshake may take before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+const B64URL_LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Accepts WebSocket connections until cancelled.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "WebSocket accept failed");
+                    sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if shared.faults.as_ref().is_some_and(|f| f.on_accept()) {
+            tracing::debug!("refusing connection (fault injection)");
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let (id, rx) = shared.clients.add();
+        let span = tracing::debug_span!("push_conn", id, uaid = tracing::field::Empty);
+        let conn = Conn::new(Arc::clone(&shared), id, rx, cancel.clone());
+        tracker.spawn(conn.run(stream).instrument(span));
+    }
+}
+
+/// Why a connection ends.
+#[derive(Debug)]
+enum End {
+    /// The peer closed or the socket failed: nothing more to send.
+    Gone,
+    /// The peer sent a close frame; tungstenite has queued the answer.
+    PeerClosed,
+    /// Send a close frame with this code and reason.
+    Close(u16, String),
+    /// Cut the TCP stream without a close frame (shutdown, fault injection).
+    Drop,
+}
+
+fn protocol_error(what: &str) -> End {
+    tracing::debug!(what, "protocol error from client");
+    End::Close(1011, "InvalidMessage".to_owned())
+}
+
+fn internal(e: impl std::fmt::Display) -> End {
+    tracing::warn!(error = %e, "push server storage failed");
+    End::Close(1011, "Internal".to_owned())
+}
+
+#[derive(Deserialize)]
+struct Hello {
+    uaid: Option<String>,
+    broadcasts: Option<HashMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct Register {
+    #[serde(rename = "channelID")]
+    channel_id: String,
+    key: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Unregister {
+    #[serde(rename = "channelID")]
+    channel_id: String,
+    code: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Ack {
+    updates: Vec<AckUpdate>,
+}
+
+#[derive(Deserialize)]
+struct AckUpdate {
+    #[serde(rename = "channelID")]
+    channel_id: String,
+    version: String,
+    code: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Nack {
+    version: String,
+    code: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastSubscribe {
+    broadcasts: HashMap<String, String>,
+}
+
+/// A code as recorded in stats: absent or out of range is `default`.
+fn code(code: Option<u64>, default: u16) -> u16 {
+    code.and_then(|c| u16::try_from(c).ok()).unwrap_or(default)
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    id: u64,
+    rx: mpsc::UnboundedReceiver<Command>,
+    cancel: CancellationToken,
+    uaid: Option<String>,
+    /// Sent on this connection and not yet acknowledged: version → channel.
+    in_flight: HashMap<String, String>,
+    /// The current batch from storage still waiting for acks.
+    batch: HashSet<String>,
+    /// Messages sent from storage since storage was last found empty (autopush's
+    /// `sent_from_storage`, checked against the message limit).
+    sent_from_storage: usize,
+    last_client_ping: Option<Instant>,
+    /// Broadcast id → the version this client has.
+    broadcast_subs: HashMap<String, String>,
+    next_server_ping: Instant,
+    pong_deadline: Option<Instant>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared.clients.remove(self.id);
+    }
+}
+
+impl Conn {
+    fn new(
+        shared: Arc<Shared>,
+        id: u64,
+        rx: mpsc::UnboundedReceiver<Command>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Conn {
+            shared,
+            id,
+            rx,
+            cancel,
+            uaid: None,
+            in_flight: HashMap::new(),
+            batch: HashSet::new(),
+            sent_from_storage: 0,
+            last_client_ping: None,
+            broadcast_subs: HashMap::new(),
+            next_server_ping: Instant::now(),
+            pong_deadline: None,
+        }
+    }
+
+    async fn run(mut self, stream: TcpStream) {
+        let started = Instant::now();
+        let hello_deadline = started + self.shared.opts.hello_timeout;
+        let config = WebSocketConfig::default()
+            .max_frame_size(Some(MAX_FRAME))
+            .max_message_size(Some(MAX_FRAME));
+        let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            check_subprotocol,
+            Some(config),
+        );
+        let mut ws = tokio::select! {
+            _ = self.cancel.cancelled() => return,
+            r = timeout(self.shared.opts.hello_timeout, handshake) => match r {
+                Ok(Ok(ws)) => ws,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "WebSocket handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("WebSocket handshake timed out");
+                    return;
+                }
+            },
+        };
+        lock(&self.shared.stats).connections += 1;
+
+        let end = match self.hello_phase(&mut ws, hello_deadline).await {
+            Ok(()) => self.main_loop(&mut ws).await.err().unwrap_or(End::Gone),
+            Err(end) => end,
+        };
+        match end {
+            End::Gone => tracing::debug!("client went away"),
+            End::PeerClosed => {
+                tracing::debug!("client closed the connection");
+                // Reading on flushes tungstenite's close reply and sees the stream end.
+                let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+                let _ = timeout(CLOSE_TIMEOUT, drain).await;
+            }
+            End::Drop => tracing::debug!("dropping connection"),
+            End::Close(code, reason) => {
+                tracing::debug!(code, reason = %reason, "closing connection");
+                self.close(&mut ws, code, &reason).await;
+            }
+        }
+        // Dropping `ws` closes the TCP stream; `Drop for Conn` leaves the registry.
+    }
+
+    /// Sends a close frame and waits briefly for the client's answer, so the frame is not
+    /// lost to a reset.
+    async fn close(&self, ws: &mut Ws, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let drain = async {
+            if ws.close(Some(frame)).await.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        };
+        tokio::select! {
+            _ = self.cancel.cancelled() => {}
+            _ = timeout(CLOSE_TIMEOUT, drain) => {}
+        }
+    }
+
+    async fn send(&self, ws: &mut Ws, text: String) -> Result<(), End> {
+        match timeout(SEND_TIMEOUT, ws.send(Message::text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "send failed");
+                Err(End::Gone)
+            }
+            Err(_) => {
+                tracing::debug!("send timed out; client not reading");
+                Err(End::Drop)
+            }
+        }
+    }
+
+    /// Waits for the client's first message, which must be a hello.
+    async fn hello_phase(&mut self, ws: &mut Ws, deadline: Instant) -> Result<(), End> {
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Err(End::Drop),
+                _ = sleep_until(deadline) => {
+                    return Err(End::Close(1011, "HandshakeTimeout".to_owned()));
+                }
+                Some(cmd) = self.rx.recv() => self.on_command(ws, cmd).await?,
+                frame = ws.next() => {
+                    let Some(text) = self.on_frame(frame)? else { continue };
+                    let (kind, obj) = parse_client_message(&text)?;
+                    if kind != "hello" {
+                        return Err(protocol_error("first message is not hello"));
+                    }
+                    return self.on_hello(ws, obj).await;
+                }
+            }
+        }
+    }
+
+    async fn main_loop(&mut self, ws: &mut Ws) -> Result<(), End> {
+        self.next_server_ping = Instant::now() + self.shared.opts.server_ping_interval;
+        loop {
+            let far = Instant::now() + Duration::from_secs(86_400);
+            let pong_deadline = self.pong_deadline;
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Err(End::Drop),
+                Some(cmd) = self.rx.recv() => self.on_command(ws, cmd).await?,
+                frame = ws.next() => {
+                    if let Some(text) = self.on_frame(frame)? {
+                        self.on_text(ws, &text).await?;
+                    }
+                }
+                _ = sleep_until(self.next_server_ping), if pong_deadline.is_none() => {
+                    if timeout(SEND_TIMEOUT, ws.send(Message::Ping(Default::default())))
+                        .await
+                        .map_or(true, |r| r.is_err())
+                    {
+                        return Err(End::Gone);
+                    }
+                    self.pong_deadline = Some(Instant::now() + self.shared.opts.pong_timeout);
+                }
+                _ = sleep_until(pong_deadline.unwrap_or(far)), if pong_deadline.is_some() => {
+                    return Err(End::Close(1011, "PongTimeout".to_owned()));
+                }
+            }
+        }
+    }
+
+    /// Classifies one read: `Some(text)` for a text frame to handle.
+    fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<Option<String>, End> {
+        match frame {
+            None => Err(End::Gone),
+            Some(Ok(Message::Text(text))) => Ok(Some(text.as_str().to_owned())),
+            Some(Ok(Message::Binary(_))) => Err(End::Close(1003, "Binary".to_owned())),
+            Some(Ok(Message::Pong(_))) => {
+                if self.pong_deadline.take().is_some() {
+                    self.next_server_ping = Instant::now() + self.shared.opts.server_ping_interval;
+                }
+                Ok(None)
+            }
+            // tungstenite answers pings and close frames itself while we keep reading.
+            Some(Ok(Message::Ping(_) | Message::Frame(_))) => Ok(None),
+            Some(Ok(Message::Close(_))) => Err(End::PeerClosed),
+            Some(Err(WsError::Capacity(e))) => {
+                tracing::debug!(error = %e, "frame too large");
+                Err(End::Close(1002, "TooLarge".to_owned()))
+            }
+            Some(Err(WsError::Utf8(_))) => Err(End::Close(1007, "InvalidUtf8".to_owned())),
+            Some(Err(WsError::Protocol(e))) => {
+                tracing::debug!(error = %e, "WebSocket protocol error");
+                Err(End::Close(1002, "ProtocolError".to_owned()))
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "read failed");
+                Err(End::Gone)
+            }
+        }
+    }
+
+    async fn on_command(&mut self, ws: &mut Ws, cmd: Command) -> Result<(), End> {
+        match cmd {
+            Command::Close { code, reason } => Err(End::Close(code, reason)),
+            Command::Raw(text) => self.send(ws, text).await,
+            Command::Notify(n) => {
+                if self.uaid.is_none() || self.in_flight.contains_key(&n.version) {
+                    return Ok(());
+                }
+                self.send_notification(ws, n).await
+            }
+            Command::Broadcast { id, version } => {
+                if self.uaid.is_none() {
+                    return Ok(());
+                }
+                match self.broadcast_subs.get_mut(&id) {
+                    Some(have) if *have != version => {
+                        have.clone_from(&version);
+                        let msg = json!({"messageType": "broadcast", "broadcasts": {id: version}});
+                        self.send(ws, msg.to_string()).await
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    async fn send_notification(&mut self, ws: &mut Ws, n: Notification) -> Result<(), End> {
+        self.in_flight
+            .insert(n.version.clone(), n.channel_id.clone());
+        self.send(ws, n.to_json()).await?;
+        lock(&self.shared.stats).notifications_sent += 1;
+        if self.fault(Step::Notification) {
+            return Err(End::Drop);
+        }
+        Ok(())
+    }
+
+    fn fault(&self, step: Step) -> bool {
+        self.shared
+            .faults
+            .as_ref()
+            .is_some_and(|f| f.take_drop(step))
+    }
+
+    /// Waits out an injected reply delay (still dropping at shutdown).
+    async fn reply_delay(&self) -> Result<(), End> {
+        let delay = self.shared.faults.as_ref().and_then(|f| f.reply_delay());
+        if let Some(delay) = delay {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Err(End::Drop),
+                _ = sleep(delay) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn omit_replies(&self) -> bool {
+        self.shared
+            .faults
+            .as_ref()
+            .is_some_and(|f| f.omit_replies())
+    }
+
+    async fn on_hello(&mut self, ws: &mut Ws, obj: Map<String, Value>) -> Result<(), End> {
+        if self.fault(Step::Hello) {
+            return Err(End::Drop);
+        }
+        let hello: Hello = from_obj(obj)?;
+        lock(&self.shared.stats).hellos += 1;
+
+        // Invalid uaids are treated as absent; valid ones must name a stored user.
+        let requested = hello
+            .uaid
+            .as_deref()
+            .and_then(|u| uuid::Uuid::try_parse(u).ok())
+            .map(|u| u.simple().to_string());
+        let force_new = self
+            .shared
+            .faults
+            .as_ref()
+            .is_some_and(|f| f.take_force_new_uaid());
+        let existing = match requested {
+            Some(uaid) if force_new => {
+                self.shared.store().delete_user(&uaid).map_err(internal)?;
+                None
+            }
+            Some(uaid) => self
+                .shared
+                .store()
+                .user_exists(&uaid)
+                .map_err(internal)?
+                .then_some(uaid),
+            None => None,
+        };
+        let uaid = existing.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        tracing::Span::current().record("uaid", short(&uaid));
+        tracing::debug!(reassigned = hello.uaid.is_some_and(|u| u != uaid), "hello");
+
+        let broadcasts = self.subscribe_broadcasts(hello.broadcasts.unwrap_or_default());
+        self.reply_delay().await?;
+        self.shared.clients.bind(self.id, &uaid);
+        self.uaid = Some(uaid.clone());
+        let reply = json!({
+            "messageType": "hello",
+            "uaid": uaid,
+            "status": 200,
+            "use_webpush": true,
+            "broadcasts": broadcasts,
+        });
+        self.send(ws, reply.to_string()).await?;
+        self.check_storage(ws).await
+    }
+
+    /// Records the client's broadcast versions and returns what differs from the server's:
+    /// changed versions, plus `errors` for ids the server does not know.
+    fn subscribe_broadcasts(&mut self, requested: HashMap<String, String>) -> Map<String, Value> {
+        let table = lock(&self.shared.broadcasts);
+        let mut delta = Map::new();
+        let mut errors = Map::new();
+        for (id, version) in requested.into_iter().take(1000) {
+            match table.get(&id) {
+                Some(current) => {
+                    if *current != version {
+                        delta.insert(id.clone(), current.clone().into());
+                    }
+                    self.broadcast_subs.insert(id, current.clone());
+                }
+                None => {
+                    errors.insert(id, "Broadcast not found".into());
+                }
+            }
+        }
+        if !errors.is_empty() {
+            delta.insert("errors".to_owned(), Value::Object(errors));
+        }
+        delta
+    }
+
+    /// Sends the next batch of stored messages unless one is still waiting for acks.
+    async fn check_storage(&mut self, ws: &mut Ws) -> Result<(), End> {
+        let Some(uaid) = self.uaid.clone() else {
+            return Ok(());
+        };
+        if !self.batch.is_empty() {
+            return Ok(());
+        }
+        let exclude: HashSet<String> = self.in_flight.keys().cloned().collect();
+        let batch = self
+            .shared
+            .store()
+            .fetch_batch(&uaid, now_ms(), &exclude, BATCH_SIZE)
+            .map_err(internal)?;
+        if batch.is_empty() {
+            self.sent_from_storage = 0;
+            return Ok(());
+        }
+        self.sent_from_storage += batch.len();
+        if self.sent_from_storage > self.shared.opts.max_stored_messages {
+            tracing::info!("client read too many messages from storage; dropping its user record");
+            self.shared.store().delete_user(&uaid).map_err(internal)?;
+            lock(&self.shared.stats).uaid_resets += 1;
+            return Err(End::Close(1000, "SM".to_owned()));
+        }
+        tracing::debug!(count = batch.len(), "sending stored messages");
+        self.batch = batch.iter().map(|n| n.version.clone()).collect();
+        for n in batch {
+            self.send_notification(ws, n).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, ws: &mut Ws, text: &str) -> Result<(), End> {
+        let (kind, obj) = parse_client_message(text)?;
+        match kind.as_str() {
+            "register" => self.on_register(ws, from_obj(obj)?).await,
+            "unregister" => self.on_unregister(ws, from_obj(obj)?).await,
+            "ack" => self.on_ack(ws, from_obj(obj)?).await,
+            "nack" => {
+                let nack: Nack = from_obj(obj)?;
+                lock(&self.shared.stats)
+                    .nacks
+                    .push((truncate(&nack.version), code(nack.code, 0)));
+                Ok(())
+            }
+            "ping" => self.on_ping(ws).await,
+            "broadcast_subscribe" => {
+                let sub: BroadcastSubscribe = from_obj(obj)?;
+                let delta = self.subscribe_broadcasts(sub.broadcasts);
+                if delta.is_empty() {
+                    return Ok(());
+                }
+                let msg = json!({"messageType": "broadcast", "broadcasts": delta});
+                self.send(ws, msg.to_string()).await
+            }
+            _ => Err(protocol_error("unexpected messageType")),
+        }
+    }
+
+    async fn on_register(&mut self, ws: &mut Ws, reg: Register) -> Result<(), End> {
+        if self.fault(Step::Register) {
+            return Err(End::Drop);
+        }
+        lock(&self.shared.stats).registers += 1;
+        let uaid = self.uaid.clone().ok_or_else(|| protocol_error("no uaid"))?;
+        // autopush insists on the canonical form: lower case, dashed.
+        let canonical = uuid::Uuid::try_parse(&reg.channel_id)
+            .ok()
+            .map(|u| u.hyphenated().to_string());
+        if canonical.as_deref() != Some(reg.channel_id.as_str()) {
+            return Err(protocol_error("channelID is not a lower-case dashed UUID"));
+        }
+        let channel_id = reg.channel_id;
+
+        let key = match reg.key.as_deref() {
+            None => None,
+            Some(k) => match B64URL_LENIENT.decode(k.trim()) {
+                Ok(raw) if crate::vapid::validate_public_key(&raw).is_ok() => Some(raw),
+                _ => {
+                    tracing::debug!(channel = %channel_id, "register with a bad key");
+                    return self.register_reply(ws, &channel_id, 400, None).await;
+                }
+            },
+        };
+        if let Some(status) = self
+            .shared
+            .faults
+            .as_ref()
+            .and_then(|f| f.register_status())
+        {
+            return self.register_reply(ws, &channel_id, status, None).await;
+        }
+        self.shared
+            .store()
+            .upsert_channel(&uaid, &channel_id, key.as_deref(), now_ms())
+            .map_err(internal)?;
+        let endpoint = self
+            .shared
+            .endpoint(&uaid, &channel_id, key.as_deref())
+            .map_err(internal)?;
+        tracing::debug!(channel = %channel_id, vapid = key.is_some(), "registered");
+        self.register_reply(ws, &channel_id, 200, Some(endpoint))
+            .await
+    }
+
+    async fn register_reply(
+        &mut self,
+        ws: &mut Ws,
+        channel_id: &str,
+        status: u16,
+        endpoint: Option<String>,
+    ) -> Result<(), End> {
+        self.reply_delay().await?;
+        if self.omit_replies() {
+            return Ok(());
+        }
+        let mut reply =
+            json!({"messageType": "register", "channelID": channel_id, "status": status});
+        if let Some(endpoint) = endpoint {
+            reply["pushEndpoint"] = endpoint.into();
+        }
+        self.send(ws, reply.to_string()).await
+    }
+
+    async fn on_unregister(&mut self, ws: &mut Ws, unreg: Unregister) -> Result<(), End> {
+        let uaid = self.uaid.clone().ok_or_else(|| protocol_error("no uaid"))?;
+        let channel_id = uuid::Uuid::try_parse(&unreg.channel_id)
+            .map_err(|_| protocol_error("unregister channelID is not a UUID"))?
+            .hyphenated()
+            .to_string();
+        let code = code(unreg.code, 200);
+        self.shared
+            .store()
+            .delete_channel(&uaid, &channel_id)
+            .map_err(internal)?;
+        lock(&self.shared.stats)
+            .unregisters
+            .push((channel_id.clone(), code));
+        tracing::debug!(channel = %channel_id, code, "unregistered");
+
+        // Its messages are gone: stop waiting for acks of them.
+        self.in_flight.retain(|_, ch| *ch != channel_id);
+        let in_flight = &self.in_flight;
+        let batch_was_pending = !self.batch.is_empty();
+        self.batch.retain(|v| in_flight.contains_key(v));
+
+        self.reply_delay().await?;
+        if !self.omit_replies() {
+            let reply =
+                json!({"messageType": "unregister", "channelID": unreg.channel_id, "status": 200});
+            self.send(ws, reply.to_string()).await?;
+        }
+        if batch_was_pending && self.batch.is_empty() {
+            self.check_storage(ws).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_ack(&mut self, ws: &mut Ws, ack: Ack) -> Result<(), End> {
+        if self.fault(Step::Ack) {
+            return Err(End::Drop);
+        }
+        let uaid = self.uaid.clone().ok_or_else(|| protocol_error("no uaid"))?;
+        let batch_was_pending = !self.batch.is_empty();
+        for update in ack.updates {
+            {
+                let mut stats = lock(&self.shared.stats);
+                if stats.acks.len() >= MAX_ACK_RECORDS {
+                    stats.acks.drain(..MAX_ACK_RECORDS / 10);
+                }
+                stats.acks.push((
+                    truncate(&update.channel_id),
+                    truncate(&update.version),
+                    code(update.code, 0),
+                ));
+            }
+            // As autopush: only what was sent on this connection is deleted.
+            if self.in_flight.remove(&update.version).is_some() {
+                self.batch.remove(&update.version);
+                self.shared
+                    .store()
+                    .delete_message(&uaid, &update.version)
+                    .map_err(internal)?;
+            }
+        }
+        if batch_was_pending && self.batch.is_empty() {
+            self.check_storage(ws).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_ping(&mut self, ws: &mut Ws) -> Result<(), End> {
+        lock(&self.shared.stats).pings += 1;
+        let now = Instant::now();
+        if let Some(last) = self.last_client_ping {
+            if now.duration_since(last) < self.shared.opts.client_ping_min_interval {
+                return Err(End::Close(1011, "ExcessivePing".to_owned()));
+            }
+        }
+        self.last_client_ping = Some(now);
+        if self
+            .shared
+            .faults
+            .as_ref()
+            .is_some_and(|f| f.ignore_pings())
+        {
+            return Ok(());
+        }
+        self.send(ws, "{}".to_owned()).await
+    }
+}
+
+/// Answers the upgrade only for clients that ask for `push-notification`.
+#[allow(clippy::result_large_err)] // the signature is tungstenite's
+fn check_subprotocol(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    let offered = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case(SUBPROTOCOL));
+    if !offered {
+        let mut err = ErrorResponse::new(Some(format!("subprotocol {SUBPROTOCOL} required")));
+        *err.status_mut() = StatusCode::BAD_REQUEST;
+        return Err(err);
+    }
+    resp.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    Ok(resp)
+}
+
+/// A JSON object and its lower-cased `messageType`; `{}` is a ping.
+fn parse_client_message(text: &str) -> Result<(String, Map<String, Value>), End> {
+    let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) else {
+        return Err(protocol_error("not a JSON object"));
+    };
+    let kind = match obj.get("messageType") {
+        None if obj.is_empty() => "ping".to_owned(),
+        Some(Value::String(s)) => s.to_ascii_lowercase(),
+        _ => return Err(protocol_error("missing messageType")),
+    };
+    Ok((kind, obj))
+}
+
+fn from_obj<T: serde::de::DeserializeOwned>(obj: Map<String, Value>) -> Result<T, End> {
+    serde_json::from_value(Value::Object(obj)).map_err(|_| protocol_error("malformed message"))
+}
+
+/// Bounds what a client can make us remember in stats.
+fn truncate(s: &str) -> String {
+    s.chars().take(128).collect()
+}
