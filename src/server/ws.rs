@@ -5,7 +5,7 @@
 //! anything unexpected closes the connection the way autopush does (mostly 1011), and
 //! frames are capped at 64 KiB.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ const MAX_FRAME: usize = 64 << 10;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing handshake may take before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How many acked versions a connection remembers (see `Conn::recently_acked`).
+const RECENTLY_ACKED: usize = 64;
 
 const B64URL_LENIENT: GeneralPurpose = GeneralPurpose::new(
     &alphabet::URL_SAFE,
@@ -164,6 +166,10 @@ struct Conn {
     in_flight: HashMap<String, String>,
     /// The current batch from storage still waiting for acks.
     batch: HashSet<String>,
+    /// Versions acked lately on this connection. A live `Notify` for a message that a
+    /// storage batch already delivered (and the client acked) can still be queued; this
+    /// keeps it from going out twice.
+    recently_acked: VecDeque<String>,
     /// Messages sent from storage since storage was last found empty (autopush's
     /// `sent_from_storage`, checked against the message limit).
     sent_from_storage: usize,
@@ -195,6 +201,7 @@ impl Conn {
             uaid: None,
             in_flight: HashMap::new(),
             batch: HashSet::new(),
+            recently_acked: VecDeque::new(),
             sent_from_storage: 0,
             last_client_ping: None,
             broadcast_subs: HashMap::new(),
@@ -369,7 +376,10 @@ impl Conn {
             Command::Close { code, reason } => Err(End::Close(code, reason)),
             Command::Raw(text) => self.send(ws, text).await,
             Command::Notify(n) => {
-                if self.uaid.is_none() || self.in_flight.contains_key(&n.version) {
+                if self.uaid.is_none()
+                    || self.in_flight.contains_key(&n.version)
+                    || self.recently_acked.contains(&n.version)
+                {
                     return Ok(());
                 }
                 self.send_notification(ws, n).await
@@ -682,6 +692,10 @@ impl Conn {
             // As autopush: only what was sent on this connection is deleted.
             if self.in_flight.remove(&update.version).is_some() {
                 self.batch.remove(&update.version);
+                if self.recently_acked.len() >= RECENTLY_ACKED {
+                    self.recently_acked.pop_front();
+                }
+                self.recently_acked.push_back(update.version.clone());
                 self.shared
                     .store()
                     .delete_message(&uaid, &update.version)
