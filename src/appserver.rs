@@ -212,8 +212,14 @@ mod tests {
 
     #[test]
     fn origins() {
-        assert_eq!(origin("https://updates.push.services.mozilla.com/wpush/v2/abc").unwrap(), "https://updates.push.services.mozilla.com");
-        assert_eq!(origin("http://127.0.0.1:8080/wpush/v1/x").unwrap(), "http://127.0.0.1:8080");
+        assert_eq!(
+            origin("https://updates.push.services.mozilla.com/wpush/v2/abc").unwrap(),
+            "https://updates.push.services.mozilla.com"
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:8080/wpush/v1/x").unwrap(),
+            "http://127.0.0.1:8080"
+        );
         assert!(origin("ftp://x/").is_err());
     }
 }

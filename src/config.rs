@@ -225,8 +225,11 @@ struct FileConfig {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"30s\" or \"5m\": {e}")))
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not a duration like \"30s\" or \"5m\": {e}"
+        ))
+    })
 }
 
 /// What the command line and environment say; `None` = not given.
@@ -292,12 +295,12 @@ impl Config {
         };
         let allow_insecure = parsed.allow_insecure.unwrap_or(false);
         let server_url = match &overrides.server_url {
-            Some(u) => ServerUrl::parse(u, allow_insecure).map_err(|message| {
-                ConfigError::Override {
+            Some(u) => {
+                ServerUrl::parse(u, allow_insecure).map_err(|message| ConfigError::Override {
                     origin: "--server-url / WEBPUSHD_SERVER_URL",
                     message,
-                }
-            })?,
+                })?
+            }
             None => ServerUrl::parse(
                 parsed.server_url.as_deref().unwrap_or(DEFAULT_SERVER_URL),
                 allow_insecure,
@@ -423,27 +426,38 @@ mod tests {
 
     #[test]
     fn unknown_key_names_the_key_and_file() {
-        let e = load("[connection]\nrequest_timout = \"5s\"\n").unwrap_err().to_string();
+        let e = load("[connection]\nrequest_timout = \"5s\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("request_timout"), "{e}");
         assert!(e.contains("config.toml"), "{e}");
     }
 
     #[test]
     fn bad_value_names_the_key() {
-        let e = load("[quota]\nactivation_grace = \"soon\"\n").unwrap_err().to_string();
+        let e = load("[quota]\nactivation_grace = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("activation_grace"), "{e}");
-        let e = load("[quota]\nmax_per_subscription = \"many\"\n").unwrap_err().to_string();
+        let e = load("[quota]\nmax_per_subscription = \"many\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_per_subscription"), "{e}");
     }
 
     #[test]
     fn insecure_url_needs_opt_in() {
-        let e = load("server_url = \"ws://127.0.0.1:1/\"\n").unwrap_err().to_string();
+        let e = load("server_url = \"ws://127.0.0.1:1/\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("allow_insecure"), "{e}");
         let c = load("server_url = \"ws://127.0.0.1:1/\"\nallow_insecure = true\n").unwrap();
         assert_eq!(c.server_url, ServerUrl::Remote("ws://127.0.0.1:1/".into()));
         assert!(load("server_url = \"http://x/\"\n").is_err());
-        assert_eq!(load("server_url = \"local\"\n").unwrap().server_url, ServerUrl::Local);
+        assert_eq!(
+            load("server_url = \"local\"\n").unwrap().server_url,
+            ServerUrl::Local
+        );
     }
 
     #[test]

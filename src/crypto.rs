@@ -69,13 +69,19 @@ impl SubscriptionKeys {
         let private = Zeroizing::new(private);
         let auth = Zeroizing::new(auth);
         if public.len() != PUBLIC_KEY_LEN || public[0] != 4 {
-            return Err(CryptoError::InvalidKey("public key is not a P-256 point".into()));
+            return Err(CryptoError::InvalidKey(
+                "public key is not a P-256 point".into(),
+            ));
         }
         if auth.len() != AUTH_LEN {
-            return Err(CryptoError::InvalidKey("auth secret is not 16 bytes".into()));
+            return Err(CryptoError::InvalidKey(
+                "auth secret is not 16 bytes".into(),
+            ));
         }
         if private.len() != 32 {
-            return Err(CryptoError::InvalidKey("private key is not 32 bytes".into()));
+            return Err(CryptoError::InvalidKey(
+                "private key is not 32 bytes".into(),
+            ));
         }
         validate_pair(&private, &public)?;
         Ok(SubscriptionKeys {
@@ -158,12 +164,18 @@ impl Encoding {
         match encoding.to_ascii_lowercase().as_str() {
             "aes128gcm" => Ok(Encoding::Aes128gcm),
             "aesgcm" => {
-                let enc = h.encryption.ok_or(CryptoError::MissingHeader("Encryption"))?;
-                let ck = h.crypto_key.ok_or(CryptoError::MissingHeader("Crypto-Key"))?;
+                let enc = h
+                    .encryption
+                    .ok_or(CryptoError::MissingHeader("Encryption"))?;
+                let ck = h
+                    .crypto_key
+                    .ok_or(CryptoError::MissingHeader("Crypto-Key"))?;
                 let salt = header_param(enc, "salt").ok_or(CryptoError::BadHeader("Encryption"))?;
                 let salt = b64(salt).map_err(|_| CryptoError::BadHeader("Encryption"))?;
                 let rs = match header_param(enc, "rs") {
-                    Some(v) => v.parse().map_err(|_| CryptoError::BadHeader("Encryption"))?,
+                    Some(v) => v
+                        .parse()
+                        .map_err(|_| CryptoError::BadHeader("Encryption"))?,
                     None => 4096,
                 };
                 let dh = header_param(ck, "dh").ok_or(CryptoError::BadHeader("Crypto-Key"))?;
@@ -244,7 +256,9 @@ pub fn encrypt(
     aesgcm: bool,
 ) -> Result<Encrypted, CryptoError> {
     if auth.len() != AUTH_LEN {
-        return Err(CryptoError::InvalidKey("auth secret is not 16 bytes".into()));
+        return Err(CryptoError::InvalidKey(
+            "auth secret is not 16 bytes".into(),
+        ));
     }
     validate_public_key(p256dh)?;
     if aesgcm {
@@ -300,7 +314,10 @@ mod tests {
                 crypto_key: get("Crypto-Key"),
             })
             .unwrap();
-            assert_eq!(decrypt(&keys, &encoding, &enc.body).unwrap(), b"hello there");
+            assert_eq!(
+                decrypt(&keys, &encoding, &enc.body).unwrap(),
+                b"hello there"
+            );
         }
     }
 
@@ -344,8 +361,10 @@ mod tests {
         let k = SubscriptionKeys::generate().unwrap();
         let mut public = k.public_key().to_vec();
         public[10] ^= 0xff;
-        assert!(SubscriptionKeys::from_parts(k.private_key().to_vec(), public, k.auth().to_vec())
-            .is_err());
+        assert!(
+            SubscriptionKeys::from_parts(k.private_key().to_vec(), public, k.auth().to_vec())
+                .is_err()
+        );
         assert!(!format!("{k:?}").contains(&format!("{:?}", k.auth())));
     }
 

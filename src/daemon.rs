@@ -44,12 +44,10 @@ const LOCAL_PORTS_FILE: &str = "local-server.ports";
 /// free, so the endpoints apps already handed out keep working across restarts.
 async fn start_local_server(state_dir: &Path) -> Result<PushServer, DaemonError> {
     let ports_file = state_dir.join(LOCAL_PORTS_FILE);
-    let remembered: Option<(u16, u16)> = std::fs::read_to_string(&ports_file)
-        .ok()
-        .and_then(|s| {
-            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
-            Some((it.next()??, it.next()??))
-        });
+    let remembered: Option<(u16, u16)> = std::fs::read_to_string(&ports_file).ok().and_then(|s| {
+        let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+        Some((it.next()??, it.next()??))
+    });
     let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let options = |ws, http| {
         let mut o = ServerOptions::new(state_dir.join("local-server.db"));
@@ -71,7 +69,11 @@ async fn start_local_server(state_dir: &Path) -> Result<PushServer, DaemonError>
             .await
             .map_err(|e| DaemonError::LocalServer(e.to_string()))?,
     };
-    let port = |u: &str| u.rsplit(':').next().map(|p| p.trim_end_matches('/').to_string());
+    let port = |u: &str| {
+        u.rsplit(':')
+            .next()
+            .map(|p| p.trim_end_matches('/').to_string())
+    };
     if let (Some(ws), Some(http)) = (port(&server.ws_url()), port(&server.http_base())) {
         let _ = std::fs::write(&ports_file, format!("{ws} {http}\n"));
     }
@@ -167,7 +169,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         cancel.clone(),
     )?;
     let uaid = Arc::new(Mutex::new(
-        push.uaid().map(|u| u.as_str().to_string()).unwrap_or_default(),
+        push.uaid()
+            .map(|u| u.as_str().to_string())
+            .unwrap_or_default(),
     ));
     let snapshot = push.snapshot();
 

@@ -29,7 +29,10 @@ impl AppId {
             return Err(err("app id", "is empty"));
         }
         if s.len() > Self::MAX_LEN {
-            return Err(err("app id", format!("is longer than {} bytes", Self::MAX_LEN)));
+            return Err(err(
+                "app id",
+                format!("is longer than {} bytes", Self::MAX_LEN),
+            ));
         }
         if s.chars().any(|c| c.is_control() || c == '/') {
             return Err(err("app id", "contains a control character or '/'"));
@@ -138,7 +141,12 @@ impl Uaid {
 
     /// A prefix safe to log: the full UAID would let anyone knock our connection off.
     pub fn short(&self) -> &str {
-        let end = self.0.char_indices().nth(8).map(|(i, _)| i).unwrap_or(self.0.len());
+        let end = self
+            .0
+            .char_indices()
+            .nth(8)
+            .map(|(i, _)| i)
+            .unwrap_or(self.0.len());
         &self.0[..end]
     }
 }

@@ -14,7 +14,11 @@ async fn a_post_arrives_as_a_message_signal_with_the_exact_plaintext() {
     let w = World::new().await;
     let app = w.bus.app("org.example.Chat").await;
     let sub = app.subscribe("https://chat.example/").await;
-    assert!(sub.endpoint.starts_with(&w.server.http_base()), "{}", sub.endpoint);
+    assert!(
+        sub.endpoint.starts_with(&w.server.http_base()),
+        "{}",
+        sub.endpoint
+    );
     assert_eq!(sub.p256dh.len(), 65);
     assert_eq!(sub.auth.len(), 16);
 
@@ -36,7 +40,12 @@ async fn a_post_arrives_as_a_message_signal_with_the_exact_plaintext() {
     let acks = w.server.stats().acks;
     assert_eq!(acks.iter().filter(|a| a.2 == 100).count(), 2, "{acks:?}");
     // Acknowledged by the app: nothing pending.
-    assert!(app.manager.fetch_messages("https://chat.example/").await.unwrap().is_empty());
+    assert!(app
+        .manager
+        .fetch_messages("https://chat.example/")
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -50,8 +59,14 @@ async fn subscribe_is_idempotent_and_apps_are_isolated() {
     assert_ne!(sa.path, sb.path);
     assert_ne!(sa.endpoint, sb.endpoint);
 
-    assert_eq!(a.manager.list_subscriptions().await.unwrap(), vec![sa.path.clone()]);
-    assert_eq!(b.manager.list_subscriptions().await.unwrap(), vec![sb.path.clone()]);
+    assert_eq!(
+        a.manager.list_subscriptions().await.unwrap(),
+        vec![sa.path.clone()]
+    );
+    assert_eq!(
+        b.manager.list_subscriptions().await.unwrap(),
+        vec![sb.path.clone()]
+    );
 
     // B cannot use A's object.
     let foreign = b.subscription(&sa.path).await;
@@ -70,11 +85,12 @@ async fn subscribe_is_idempotent_and_apps_are_isolated() {
     let (_, _, payload) = next(&mut mb, "B's message").await;
     assert_eq!(payload, b"for B");
     // A never saw B's.
-    assert!(
-        tokio::time::timeout(std::time::Duration::from_millis(300), futures_util::StreamExt::next(&mut ma))
-            .await
-            .is_err()
-    );
+    assert!(tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        futures_util::StreamExt::next(&mut ma)
+    )
+    .await
+    .is_err());
     // B's unsubscribe of "scope" is B's own.
     assert!(b.manager.unsubscribe("scope").await.unwrap());
     assert_eq!(a.manager.list_subscriptions().await.unwrap().len(), 1);
@@ -90,7 +106,12 @@ async fn an_offline_app_gets_its_messages_and_everything_survives_restart() {
     let resp = post(&sub, b"while you were away").await;
     assert_eq!(resp.status, 201);
     eventually("the message to be stored and acknowledged", || async {
-        w.server.stats().acks.iter().any(|a| a.2 == 100).then_some(())
+        w.server
+            .stats()
+            .acks
+            .iter()
+            .any(|a| a.2 == 100)
+            .then_some(())
     })
     .await;
 
@@ -107,9 +128,21 @@ async fn an_offline_app_gets_its_messages_and_everything_survives_restart() {
     assert_eq!(pending[0].1.as_ref(), b"while you were away");
     let meta = &pending[0].2;
     assert!(meta.contains_key("received_at") && meta.contains_key("ttl"));
-    app.manager.ack_message("inbox", &pending[0].0).await.unwrap();
-    assert!(app.manager.fetch_messages("inbox").await.unwrap().is_empty());
-    let err = app.manager.ack_message("inbox", &pending[0].0).await.unwrap_err();
+    app.manager
+        .ack_message("inbox", &pending[0].0)
+        .await
+        .unwrap();
+    assert!(app
+        .manager
+        .fetch_messages("inbox")
+        .await
+        .unwrap()
+        .is_empty());
+    let err = app
+        .manager
+        .ack_message("inbox", &pending[0].0)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("NotFound"), "{err}");
 }
 
@@ -137,8 +170,15 @@ async fn bad_arguments_get_named_errors_and_change_nothing() {
         let e = r.unwrap_err().to_string();
         assert!(e.contains(name), "{e}");
     };
-    check(app.subscribe_with("", HashMap::new()).await, "InvalidArgument");
-    check(app.subscribe_with(&"x".repeat(1024 * 1024), HashMap::new()).await, "InvalidArgument");
+    check(
+        app.subscribe_with("", HashMap::new()).await,
+        "InvalidArgument",
+    );
+    check(
+        app.subscribe_with(&"x".repeat(1024 * 1024), HashMap::new())
+            .await,
+        "InvalidArgument",
+    );
     let opts = HashMap::from([("application_server_key", Value::from(vec![4u8; 65]))]);
     check(app.subscribe_with("s", opts).await, "InvalidArgument");
     let opts = HashMap::from([("application_server_key", Value::from("!!notbase64"))]);
@@ -152,14 +192,23 @@ async fn bad_arguments_get_named_errors_and_change_nothing() {
     assert!(app.manager.list_subscriptions().await.unwrap().is_empty());
 
     // A VAPID key is kept, and a different one is a KeyMismatch.
-    let k1 = webpushd::vapid::VapidKey::generate().unwrap().public_raw().to_vec();
-    let k2 = webpushd::vapid::VapidKey::generate().unwrap().public_raw().to_vec();
+    let k1 = webpushd::vapid::VapidKey::generate()
+        .unwrap()
+        .public_raw()
+        .to_vec();
+    let k2 = webpushd::vapid::VapidKey::generate()
+        .unwrap()
+        .public_raw()
+        .to_vec();
     let opts = HashMap::from([("application_server_key", Value::from(k1.clone()))]);
     let sub = app.subscribe_with("keyed", opts).await.unwrap();
     assert!(sub.endpoint.contains("/wpush/v2/"), "{}", sub.endpoint);
     let b64 = webpushd::crypto::b64_encode(&k1);
     let opts = HashMap::from([("application_server_key", Value::from(b64.as_str()))]);
-    assert_eq!(app.subscribe_with("keyed", opts).await.unwrap().path, sub.path);
+    assert_eq!(
+        app.subscribe_with("keyed", opts).await.unwrap().path,
+        sub.path
+    );
     let opts = HashMap::from([("application_server_key", Value::from(k2))]);
     check(app.subscribe_with("keyed", opts).await, "KeyMismatch");
     let err = app.manager.fetch_messages("nope").await.unwrap_err();

@@ -64,7 +64,10 @@ mod tests {
         for e in expected {
             let d = b.next_delay().as_secs_f64();
             let e = e as f64;
-            assert!(d >= e * 0.8 - 1e-9 && d <= (e * 1.2).min(1800.0) + 1e-9, "{d} vs {e}");
+            assert!(
+                d >= e * 0.8 - 1e-9 && d <= (e * 1.2).min(1800.0) + 1e-9,
+                "{d} vs {e}"
+            );
         }
     }
 
@@ -76,6 +79,9 @@ mod tests {
         b.reset();
         assert_eq!(b.next_delay(), Duration::ZERO);
         let d = b.next_delay();
-        assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(6), "{d:?}");
+        assert!(
+            d >= Duration::from_secs(4) && d <= Duration::from_secs(6),
+            "{d:?}"
+        );
     }
 }

@@ -124,7 +124,9 @@ pub enum ProtocolError {
 }
 
 fn str_field<'a>(o: &'a Map<String, Value>, k: &'static str) -> Result<&'a str, ProtocolError> {
-    o.get(k).and_then(Value::as_str).ok_or(ProtocolError::Field(k))
+    o.get(k)
+        .and_then(Value::as_str)
+        .ok_or(ProtocolError::Field(k))
 }
 
 fn status(o: &Map<String, Value>) -> Result<u16, ProtocolError> {
@@ -134,7 +136,10 @@ fn status(o: &Map<String, Value>) -> Result<u16, ProtocolError> {
         .ok_or(ProtocolError::Field("status"))
 }
 
-fn string_map(v: Option<&Value>, k: &'static str) -> Result<BTreeMap<String, String>, ProtocolError> {
+fn string_map(
+    v: Option<&Value>,
+    k: &'static str,
+) -> Result<BTreeMap<String, String>, ProtocolError> {
     match v {
         None | Some(Value::Null) => Ok(BTreeMap::new()),
         Some(Value::Object(m)) => m
@@ -250,12 +255,21 @@ mod tests {
             r#"{{"messageType":"register","channelID":"{CH}","status":200,"pushEndpoint":"https://e/wpush/v1/x"}}"#
         ))
         .unwrap();
-        assert!(matches!(r, ServerMessage::Register { status: 200, endpoint: Some(_), .. }));
+        assert!(matches!(
+            r,
+            ServerMessage::Register {
+                status: 200,
+                endpoint: Some(_),
+                ..
+            }
+        ));
         let n = parse_server_message(&format!(
             r#"{{"messageType":"notification","channelID":"{CH}","version":"v","data":"AAA","headers":{{"Encoding":"aes128gcm"}}}}"#
         ))
         .unwrap();
-        let ServerMessage::Notification(n) = n else { panic!() };
+        let ServerMessage::Notification(n) = n else {
+            panic!()
+        };
         assert_eq!(n.headers.get("encoding").unwrap(), "aes128gcm");
         assert_eq!(n.data.as_deref(), Some("AAA"));
     }

@@ -291,7 +291,12 @@ impl Actor {
             }
             _ => Some(tokio_tungstenite::Connector::Plain),
         };
-        let fut = tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector);
+        let fut = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            connector,
+        );
         match timeout(self.settings.request_timeout, fut).await {
             Err(_) => Err("connecting timed out".into()),
             Ok(Err(e)) => Err(format!("cannot connect: {e}")),
@@ -541,7 +546,12 @@ impl Actor {
                 }
             }
             ServerMessage::Broadcast { broadcasts } => {
-                if self.events.send(Event::Broadcast(broadcasts)).await.is_err() {
+                if self
+                    .events
+                    .send(Event::Broadcast(broadcasts))
+                    .await
+                    .is_err()
+                {
                     return Some(End::Shutdown);
                 }
             }
@@ -573,9 +583,7 @@ enum Frame {
     Closed { error: String, code: Option<u16> },
 }
 
-fn read_frame(
-    frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-) -> Frame {
+fn read_frame(frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Frame {
     match frame {
         None => Frame::Closed {
             error: "connection closed".into(),
@@ -590,7 +598,10 @@ fn read_frame(
             let code = f.as_ref().map(|f| u16::from(f.code));
             let reason = f.map(|f| f.reason.to_string()).unwrap_or_default();
             Frame::Closed {
-                error: format!("server closed the connection ({} {reason})", code.unwrap_or(1005)),
+                error: format!(
+                    "server closed the connection ({} {reason})",
+                    code.unwrap_or(1005)
+                ),
                 code,
             }
         }

@@ -162,7 +162,9 @@ impl Resolver {
 
     pub fn name_owned(&self, name: &str, owner: &str) {
         let mut t = self.names.lock().expect("names lock");
-        t.entry(owner.to_string()).or_default().insert(name.to_string());
+        t.entry(owner.to_string())
+            .or_default()
+            .insert(name.to_string());
         drop(t);
         // A new name can change the owner's app id.
         self.cache.lock().expect("cache lock").remove(owner);
@@ -196,10 +198,10 @@ impl Resolver {
             .get_connection_credentials(bus)
             .await
             .map_err(|e| Error::Failed(format!("cannot read the caller's credentials: {e}")))?;
-        let pid = creds
-            .process_id()
-            .ok_or_else(|| Error::AccessDenied("the bus does not tell the caller's process".into()))?;
-        let identity = self.from_process(unique, pid).await?;
+        let pid = creds.process_id().ok_or_else(|| {
+            Error::AccessDenied("the bus does not tell the caller's process".into())
+        })?;
+        let identity = self.identify_process(unique, pid).await?;
         // The executable fallback can change when the caller takes a name a moment later
         // (pushctl --app-id): only cache what is stable.
         if identity.source != Source::Executable {
@@ -211,7 +213,7 @@ impl Resolver {
         Ok(identity)
     }
 
-    async fn from_process(&self, unique: &str, pid: u32) -> Result<Identity, Error> {
+    async fn identify_process(&self, unique: &str, pid: u32) -> Result<Identity, Error> {
         let proc_dir = format!("{}/{pid}", self.proc_root);
         let make = |id: String, source| -> Result<Identity, Error> {
             Ok(Identity {

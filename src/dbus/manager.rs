@@ -15,7 +15,7 @@ use zbus::{fdo, interface};
 
 use super::error::Error;
 use super::identity::{Identity, Resolver};
-use super::{message_meta, subscription_path, subscription_id_from_path};
+use super::{message_meta, subscription_id_from_path, subscription_path};
 use crate::connection::{self, ConnStatus};
 use crate::crypto;
 use crate::ids::Scope;
@@ -35,9 +35,7 @@ pub struct Manager {
     pub(super) resolver: Arc<Resolver>,
 }
 
-fn parse_options(
-    options: &HashMap<String, OwnedValue>,
-) -> Result<SubscribeOptions, Error> {
+fn parse_options(options: &HashMap<String, OwnedValue>) -> Result<SubscribeOptions, Error> {
     let mut out = SubscribeOptions::default();
     for (k, v) in options {
         match k.as_str() {
@@ -61,24 +59,33 @@ fn parse_options(
                         ))
                     }
                 };
-                crypto::validate_public_key(&raw).map_err(|e| {
-                    Error::InvalidArgument(format!("application_server_key: {e}"))
-                })?;
+                crypto::validate_public_key(&raw)
+                    .map_err(|e| Error::InvalidArgument(format!("application_server_key: {e}")))?;
                 out.application_server_key = Some(raw);
             }
             "system" => match &**v {
                 Value::Bool(b) => out.system = *b,
-                _ => return Err(Error::InvalidArgument("system must be a boolean (b)".into())),
+                _ => {
+                    return Err(Error::InvalidArgument(
+                        "system must be a boolean (b)".into(),
+                    ))
+                }
             },
             "bus_name" => match &**v {
                 Value::Str(s) => {
                     let name = s.as_str();
                     zbus::names::WellKnownName::try_from(name).map_err(|_| {
-                        Error::InvalidArgument(format!("bus_name {name:?} is not a well-known bus name"))
+                        Error::InvalidArgument(format!(
+                            "bus_name {name:?} is not a well-known bus name"
+                        ))
                     })?;
                     out.bus_name = Some(name.to_string());
                 }
-                _ => return Err(Error::InvalidArgument("bus_name must be a string (s)".into())),
+                _ => {
+                    return Err(Error::InvalidArgument(
+                        "bus_name must be a string (s)".into(),
+                    ))
+                }
             },
             other => {
                 return Err(Error::InvalidArgument(format!(
@@ -149,7 +156,11 @@ impl Manager {
         Ok(subscription_path(info.id))
     }
 
-    async fn unsubscribe(&self, #[zbus(header)] hdr: Header<'_>, scope: &str) -> Result<bool, Error> {
+    async fn unsubscribe(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        scope: &str,
+    ) -> Result<bool, Error> {
         let who = caller(&self.resolver, &hdr).await?;
         let scope = Scope::parse(scope)?;
         Ok(self
@@ -210,7 +221,9 @@ impl Manager {
         let who = caller(&self.resolver, &hdr).await?;
         let scope = Scope::parse(scope)?;
         if message_id.is_empty() || message_id.len() > 128 {
-            return Err(Error::InvalidArgument("message_id must be 1-128 bytes".into()));
+            return Err(Error::InvalidArgument(
+                "message_id must be 1-128 bytes".into(),
+            ));
         }
         let message_id = message_id.to_string();
         Ok(self
@@ -324,11 +337,17 @@ impl Admin {
         let s = self.status.borrow().clone();
         let mut m: HashMap<String, OwnedValue> = HashMap::new();
         let mut put = |k: &str, v: Value<'_>| {
-            m.insert(k.to_string(), v.try_to_owned().expect("plain values have no fds"));
+            m.insert(
+                k.to_string(),
+                v.try_to_owned().expect("plain values have no fds"),
+            );
         };
         put("state", Value::from(s.state.as_str()));
         put("server", Value::from(self.server_url.as_str()));
-        put("uaid", Value::from(self.uaid.lock().expect("uaid lock").clone()));
+        put(
+            "uaid",
+            Value::from(self.uaid.lock().expect("uaid lock").clone()),
+        );
         put("version", Value::from(crate::VERSION));
         put("subscriptions", Value::from(counts.subscriptions));
         put("expired", Value::from(counts.expired));
@@ -341,7 +360,10 @@ impl Admin {
         Ok(m)
     }
 
-    async fn list_all(&self, #[zbus(header)] hdr: Header<'_>) -> Result<Vec<OwnedObjectPath>, Error> {
+    async fn list_all(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<Vec<OwnedObjectPath>, Error> {
         self.admin(&hdr).await?;
         let list = self
             .push

@@ -285,7 +285,11 @@ async fn pump_one(
         DomainEvent::Uaid(new) => {
             *uaid.lock().expect("uaid lock") = new;
             let iface = conn.object_server().interface::<_, Admin>(PATH).await?;
-            iface.get().await.uaid_changed(iface.signal_emitter()).await?;
+            iface
+                .get()
+                .await
+                .uaid_changed(iface.signal_emitter())
+                .await?;
         }
     }
     Ok(())
@@ -379,7 +383,10 @@ pub async fn track_presence(
     let dbus = DBusProxy::new(&conn).await?;
     let mut changes = dbus.receive_name_owner_changed().await?;
     resolver.load_names().await?;
-    let me = conn.unique_name().map(|n| n.to_string()).unwrap_or_default();
+    let me = conn
+        .unique_name()
+        .map(|n| n.to_string())
+        .unwrap_or_default();
     for name in dbus.list_names().await? {
         if name.starts_with(':') && name.as_str() != me {
             appeared(&resolver, &presence, &push, name.as_str()).await;
@@ -447,7 +454,11 @@ pub async fn follow_state(conn: zbus::Connection, mut status: watch::Receiver<Co
         }
         last = state;
         if let Ok(iface) = conn.object_server().interface::<_, Admin>(PATH).await {
-            let _ = iface.get().await.state_changed(iface.signal_emitter()).await;
+            let _ = iface
+                .get()
+                .await
+                .state_changed(iface.signal_emitter())
+                .await;
         }
     }
 }

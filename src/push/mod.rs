@@ -83,10 +83,7 @@ pub struct Handle {
 }
 
 impl Handle {
-    pub async fn request<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> Request,
-    ) -> Result<T, PushError> {
+    pub async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, PushError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Input::Request(make(reply)))
@@ -240,7 +237,8 @@ impl Push {
     fn unindex(&mut self, id: i64) -> Option<SubscriptionRecord> {
         let rec = self.subs.remove(&id)?;
         self.by_channel.remove(&rec.channel_id);
-        self.by_scope.remove(&(rec.app_id.clone(), rec.scope.clone()));
+        self.by_scope
+            .remove(&(rec.app_id.clone(), rec.scope.clone()));
         Some(rec)
     }
 
@@ -292,7 +290,9 @@ impl Push {
         }
         for (_, replies) in self.waiting.drain() {
             for r in replies {
-                let _ = r.send(Err(PushError::Unavailable("webpushd is shutting down".into())));
+                let _ = r.send(Err(PushError::Unavailable(
+                    "webpushd is shutting down".into(),
+                )));
             }
         }
         debug!("push loop stopped");
@@ -368,7 +368,10 @@ impl Push {
             self.emit(DomainEvent::Uaid(uaid.as_str().to_string()));
         }
         if reset {
-            warn!(uaid = uaid.short(), "the server assigned a new UAID: registering every channel again");
+            warn!(
+                uaid = uaid.short(),
+                "the server assigned a new UAID: registering every channel again"
+            );
         }
         // Re-register after a reset, and retry any earlier re-registration that failed.
         let ids: Vec<i64> = self
@@ -469,7 +472,9 @@ impl Push {
             Request::Get { app, scope, reply } => {
                 let res = match self.by_scope.get(&(app, scope.clone())) {
                     Some(id) => Ok(self.info(&self.subs[id])),
-                    None => Err(PushError::NotFound(format!("no subscription for scope {scope:?}"))),
+                    None => Err(PushError::NotFound(format!(
+                        "no subscription for scope {scope:?}"
+                    ))),
                 };
                 let _ = reply.send(res);
             }
@@ -511,7 +516,9 @@ impl Push {
                         .store
                         .pending(*id)
                         .map_err(|e| PushError::Failed(format!("cannot read messages: {e}"))),
-                    None => Err(PushError::NotFound(format!("no subscription for scope {scope:?}"))),
+                    None => Err(PushError::NotFound(format!(
+                        "no subscription for scope {scope:?}"
+                    ))),
                 };
                 let _ = reply.send(res);
             }
@@ -532,7 +539,9 @@ impl Push {
                         ))),
                         Err(e) => Err(PushError::Failed(format!("cannot acknowledge: {e}"))),
                     },
-                    None => Err(PushError::NotFound(format!("no subscription for scope {scope:?}"))),
+                    None => Err(PushError::NotFound(format!(
+                        "no subscription for scope {scope:?}"
+                    ))),
                 };
                 let _ = reply.send(res);
             }
@@ -640,8 +649,16 @@ impl Push {
                 return;
             }
         };
-        let system = options.system || self.policy.exempt_apps.iter().any(|a| a == caller.app_id.as_str());
-        let vapid = options.application_server_key.as_deref().map(crypto::b64_encode);
+        let system = options.system
+            || self
+                .policy
+                .exempt_apps
+                .iter()
+                .any(|a| a == caller.app_id.as_str());
+        let vapid = options
+            .application_server_key
+            .as_deref()
+            .map(crypto::b64_encode);
         self.waiting.insert(key, vec![reply]);
         self.spawn_register(
             RegisterJob {
@@ -697,8 +714,11 @@ impl Push {
                                 Ok(info)
                             }
                             Err(e) => {
-                                self.conn.unregister(rec.channel_id.clone(), UNREGISTER_BY_APP);
-                                Err(PushError::Failed(format!("cannot store the subscription: {e}")))
+                                self.conn
+                                    .unregister(rec.channel_id.clone(), UNREGISTER_BY_APP);
+                                Err(PushError::Failed(format!(
+                                    "cannot store the subscription: {e}"
+                                )))
                             }
                         }
                     }
@@ -745,7 +765,9 @@ impl Push {
                             }
                             Err(e) => {
                                 self.conn.unregister(new.channel_id, UNREGISTER_BY_APP);
-                                Err(PushError::Failed(format!("cannot store the subscription: {e}")))
+                                Err(PushError::Failed(format!(
+                                    "cannot store the subscription: {e}"
+                                )))
                             }
                         }
                     }
@@ -869,12 +891,16 @@ impl Push {
             let Some(id) = self.by_channel.get(&n.channel_id).copied() else {
                 info!(channel = %n.channel_id, "notification for an unknown channel: acknowledged 102 and unregistered");
                 acks_now.push(ack(ACK_NOT_DELIVERED));
-                self.conn.unregister(n.channel_id.clone(), UNREGISTER_REVOKED);
+                self.conn
+                    .unregister(n.channel_id.clone(), UNREGISTER_REVOKED);
                 continue;
             };
             let rec = &self.subs[&id];
             if rec.expired {
-                debug!(subscription = id, "notification for an expired subscription: 102");
+                debug!(
+                    subscription = id,
+                    "notification for an expired subscription: 102"
+                );
                 acks_now.push(ack(ACK_NOT_DELIVERED));
                 continue;
             }
@@ -935,7 +961,10 @@ impl Push {
 
         let mut stored = Vec::new();
         if !items.is_empty() {
-            match self.store.record_batch(&items, now, self.policy.max_pending) {
+            match self
+                .store
+                .record_batch(&items, now, self.policy.max_pending)
+            {
                 Ok((outcomes, evicted)) => {
                     for (sub, msg) in evicted {
                         warn!(subscription = sub, message = %msg, "pending message dropped: delivery.max_pending_per_subscription reached");
@@ -985,12 +1014,14 @@ impl Push {
                     let delivery = if self.app_present(&rec.app_id) {
                         Delivery::Signal
                     } else if let Some(bus) = &rec.bus_name {
-                        self.last_background.insert(rec.app_id.clone(), Instant::now());
+                        self.last_background
+                            .insert(rec.app_id.clone(), Instant::now());
                         Delivery::Activate(bus.clone())
                     } else {
                         Delivery::Signal
                     };
-                    let needs = matches!(delivery, Delivery::Activate(_)) || self.app_present(&rec.app_id);
+                    let needs =
+                        matches!(delivery, Delivery::Activate(_)) || self.app_present(&rec.app_id);
                     if needs {
                         self.emit(DomainEvent::Message {
                             subscription: self.info(&rec),
@@ -1006,7 +1037,8 @@ impl Push {
                 }
                 if expires_now {
                     info!(subscription = id, app = %rec.app_id, "quota used up: subscription expired");
-                    self.conn.unregister(rec.channel_id.clone(), UNREGISTER_QUOTA);
+                    self.conn
+                        .unregister(rec.channel_id.clone(), UNREGISTER_QUOTA);
                     self.emit(DomainEvent::Expired {
                         subscription: self.info(&rec),
                         reason: "quota",
@@ -1023,9 +1055,9 @@ impl Push {
 
 fn request_error(e: RequestError) -> PushError {
     match e {
-        RequestError::Timeout | RequestError::Unavailable => PushError::Unavailable(format!(
-            "{e}; webpushd will keep trying, ask again later"
-        )),
+        RequestError::Timeout | RequestError::Unavailable => {
+            PushError::Unavailable(format!("{e}; webpushd will keep trying, ask again later"))
+        }
         RequestError::Rejected(_) => PushError::Failed(e.to_string()),
         RequestError::Shutdown => PushError::Unavailable(e.to_string()),
     }

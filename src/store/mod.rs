@@ -110,6 +110,9 @@ pub struct Counters {
     pub expired: bool,
 }
 
+/// (subscription, message id) of messages dropped by the pending cap.
+pub type Evicted = Vec<(i64, String)>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
     Stored,
@@ -198,7 +201,10 @@ impl Store {
                 for suffix in ["-wal", "-shm"] {
                     let side = dir.join(format!("{DB_FILE}{suffix}"));
                     if side.exists() {
-                        let _ = fs::rename(&side, dir.join(format!("{DB_FILE}.corrupt-{stamp}{suffix}")));
+                        let _ = fs::rename(
+                            &side,
+                            dir.join(format!("{DB_FILE}.corrupt-{stamp}{suffix}")),
+                        );
                     }
                 }
                 let conn = Self::open_file(&path)?;
@@ -255,7 +261,9 @@ impl Store {
     pub fn uaid(&self) -> Result<Option<Uaid>, StoreError> {
         let v: Option<String> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'uaid'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'uaid'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         Ok(v.and_then(|s| Uaid::parse(&s).ok()))
     }
@@ -320,8 +328,24 @@ impl Store {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, ch, app, scope, endpoint, private, public, auth, ask, count, last, quota, expired, system, bus, created) =
-                row?;
+            let (
+                id,
+                ch,
+                app,
+                scope,
+                endpoint,
+                private,
+                public,
+                auth,
+                ask,
+                count,
+                last,
+                quota,
+                expired,
+                system,
+                bus,
+                created,
+            ) = row?;
             let corrupt = |what: String| StoreError::Corrupt(format!("subscription {id}: {what}"));
             out.push(SubscriptionRecord {
                 id,
@@ -412,7 +436,7 @@ impl Store {
         items: &[BatchItem],
         now_ms: i64,
         max_pending: u32,
-    ) -> Result<(Vec<Recorded>, Vec<(i64, String)>), StoreError> {
+    ) -> Result<(Vec<Recorded>, Evicted), StoreError> {
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(items.len());
         let mut touched = Vec::new();
@@ -430,7 +454,8 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for item in items {
-                let fresh = seen.execute(params![item.channel_id.as_str(), item.version, now_ms])?;
+                let fresh =
+                    seen.execute(params![item.channel_id.as_str(), item.version, now_ms])?;
                 if fresh == 0 {
                     outcomes.push(Recorded::Duplicate);
                     continue;
@@ -677,12 +702,20 @@ mod tests {
         let (out, _) = store
             .record_batch(&[item("a", 1), item("a", 2), item("b", 3)], 3, 100)
             .unwrap();
-        assert_eq!(out, vec![Recorded::Stored, Recorded::Duplicate, Recorded::Stored]);
+        assert_eq!(
+            out,
+            vec![Recorded::Stored, Recorded::Duplicate, Recorded::Stored]
+        );
         let (_, evicted) = store
             .record_batch(&[item("c", 4), item("d", 5)], 5, 3)
             .unwrap();
         assert_eq!(evicted.len(), 1);
-        let left: Vec<String> = store.pending(id).unwrap().into_iter().map(|m| m.version).collect();
+        let left: Vec<String> = store
+            .pending(id)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.version)
+            .collect();
         assert_eq!(left, vec!["b", "c", "d"]);
         // Acknowledged messages stay de-duplicated.
         let first = store.pending(id).unwrap()[0].id.clone();

@@ -40,17 +40,18 @@ mod tests {
         let path = dir.path().join("db");
         let mut conn = Connection::open(&path).unwrap();
         migrate(&mut conn, &path).unwrap();
-        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, CURRENT);
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('uaid', 'kept')",
-            [],
-        )
-        .unwrap();
+        conn.execute("INSERT INTO meta (key, value) VALUES ('uaid', 'kept')", [])
+            .unwrap();
         // Reopening at the current version changes nothing.
         migrate(&mut conn, &path).unwrap();
         let uaid: String = conn
-            .query_row("SELECT value FROM meta WHERE key = 'uaid'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'uaid'", [], |r| {
+                r.get(0)
+            })
             .unwrap();
         assert_eq!(uaid, "kept");
     }

@@ -347,11 +347,17 @@ impl App {
     }
 
     /// A stream of (scope, message id, payload) from `Message` signals.
-    pub async fn messages(&self) -> impl futures_util::Stream<Item = (String, String, Vec<u8>)> + Unpin {
+    pub async fn messages(
+        &self,
+    ) -> impl futures_util::Stream<Item = (String, String, Vec<u8>)> + Unpin {
         let stream = self.manager.receive_message().await.unwrap();
         Box::pin(stream.filter_map(|sig| async move {
             let a = sig.args().ok()?;
-            Some((a.scope().to_string(), a.message_id().to_string(), a.payload().to_vec()))
+            Some((
+                a.scope().to_string(),
+                a.message_id().to_string(),
+                a.payload().to_vec(),
+            ))
         }))
     }
 }
@@ -397,7 +403,12 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let bus = Bus::start();
         let server = push_server(dir.path()).await;
-        let daemon = Daemon::start(&bus, dir.path(), &Daemon::config_for(&server.ws_url(), extra)).await;
+        let daemon = Daemon::start(
+            &bus,
+            dir.path(),
+            &Daemon::config_for(&server.ws_url(), extra),
+        )
+        .await;
         World {
             bus,
             server,
