@@ -271,33 +271,28 @@ impl Resolver {
     /// before this call (signals and calls are handled by different tasks), so names the
     /// table does not know yet are asked for directly.
     async fn owned_name(&self, unique: &str) -> Option<String> {
-        let mut mine: Vec<String> = self
-            .names
-            .lock()
-            .expect("names lock")
-            .get(unique)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
-        if let Ok(all) = self.dbus.list_names().await {
-            let known: HashSet<String> = self
-                .names
-                .lock()
-                .expect("names lock")
-                .values()
-                .flatten()
-                .cloned()
-                .collect();
-            for name in all {
-                if !is_reverse_dns(&name) || known.contains(name.as_str()) {
-                    continue;
-                }
-                let Ok(bus) = BusName::try_from(name.as_str()) else {
-                    continue;
-                };
-                if let Ok(owner) = self.dbus.get_name_owner(bus).await {
-                    if owner.as_str() == unique {
-                        mine.push(name.to_string());
-                    }
+        let all = self.dbus.list_names().await.unwrap_or_default();
+        // One snapshot of the table, taken after ListNames: the tracker may update it at
+        // any moment, and reading it twice would miss a name moving between the reads.
+        let (mut mine, known): (Vec<String>, HashSet<String>) = {
+            let t = self.names.lock().expect("names lock");
+            (
+                t.get(unique)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default(),
+                t.values().flatten().cloned().collect(),
+            )
+        };
+        for name in all {
+            if !is_reverse_dns(&name) || known.contains(name.as_str()) {
+                continue;
+            }
+            let Ok(bus) = BusName::try_from(name.as_str()) else {
+                continue;
+            };
+            if let Ok(owner) = self.dbus.get_name_owner(bus).await {
+                if owner.as_str() == unique {
+                    mine.push(name.to_string());
                 }
             }
         }

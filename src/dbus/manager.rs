@@ -135,7 +135,9 @@ impl Manager {
                 reply,
             })
             .await?;
-        Ok(subscription_path(info.id))
+        let id = info.id;
+        super::ensure_object(conn, &self.push, &self.resolver, info).await?;
+        Ok(subscription_path(id))
     }
 
     async fn get_subscription(

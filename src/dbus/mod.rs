@@ -206,8 +206,9 @@ async fn pump_one(
     ev: DomainEvent,
 ) -> zbus::Result<()> {
     match ev {
-        DomainEvent::Added(info) => add_subscription(conn, push, resolver, info).await?,
-        DomainEvent::Updated(info) => update_subscription(conn, info).await?,
+        DomainEvent::Added(info) | DomainEvent::Updated(info) => {
+            ensure_object(conn, push, resolver, info).await?
+        }
         DomainEvent::Removed { id, .. } => {
             conn.object_server()
                 .remove::<SubscriptionObject, _>(subscription_path(id))
@@ -299,12 +300,24 @@ fn unicast<'a>(conn: &zbus::Connection, unique: &'a str) -> zbus::Result<SignalE
     Ok(SignalEmitter::new(conn, PATH)?.set_destination(BusName::try_from(unique)?))
 }
 
-async fn update_subscription(conn: &zbus::Connection, info: SubscriptionInfo) -> zbus::Result<()> {
+/// Serve the subscription's object, or bring its properties up to date (emitting
+/// PropertiesChanged). Idempotent, so `Subscribe` can call it before replying — the app
+/// must find the object the moment it has the path — and the event pump again later.
+pub(crate) async fn ensure_object(
+    conn: &zbus::Connection,
+    push: &push::Handle,
+    resolver: &Arc<Resolver>,
+    info: SubscriptionInfo,
+) -> zbus::Result<()> {
     let path = subscription_path(info.id);
-    let iface = conn
+    let iface = match conn
         .object_server()
         .interface::<_, SubscriptionObject>(path)
-        .await?;
+        .await
+    {
+        Ok(iface) => iface,
+        Err(_) => return add_subscription(conn, push, resolver, info).await,
+    };
     let old = {
         let mut obj = iface.get_mut().await;
         std::mem::replace(&mut obj.info, info.clone())

@@ -44,9 +44,10 @@ impl SubscriptionObject {
         if who.app_id == self.info.app_id {
             Ok(())
         } else {
-            Err(Error::AccessDenied(
-                "this subscription belongs to another app".into(),
-            ))
+            Err(Error::AccessDenied(format!(
+                "this subscription belongs to another app (you are {})",
+                who.app_id
+            )))
         }
     }
 }

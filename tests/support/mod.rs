@@ -76,7 +76,8 @@ impl Bus {
             .arg("--nofork")
             .arg("--print-address=1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // Activated services inherit this: their errors end up in bus.log.
+            .stderr(std::fs::File::create(dir.path().join("bus.log")).unwrap())
             .spawn()
             .expect("dbus-daemon must be installed (apt-get install dbus-daemon)");
         let mut line = String::new();
@@ -114,6 +115,12 @@ impl Bus {
 
 impl Drop for Bus {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self._dir.path().join("bus.log")).unwrap_or_default();
+            if !log.is_empty() {
+                eprintln!("--- bus log (activated services) ---\n{log}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
