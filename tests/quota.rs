@@ -1,0 +1,192 @@
+//! Quota and expiry, as nsIPushSubscription does it for web pages: background messages
+//! cost one, using the app restores the budget, zero expires the subscription.
+
+mod support;
+
+use std::collections::HashMap;
+
+use support::*;
+use zbus::zvariant::Value;
+
+/// Subscribe as `app_id`, then leave the bus so later messages arrive in the background.
+async fn subscribe_and_leave(w: &World, app_id: &str, options: HashMap<&str, Value<'_>>) -> Sub {
+    let app = w.bus.app(app_id).await;
+    let sub = app.subscribe_with("s", options).await.unwrap();
+    app.conn.close().await.unwrap();
+    sub
+}
+
+/// Read a subscription's properties from an unrelated, unsandboxed observer.
+async fn props(w: &World, sub: &Sub) -> (i32, bool, u64, bool) {
+    let observer = App::new(w.bus.connect().await).await;
+    let p = observer.subscription(&sub.path).await;
+    (
+        p.quota().await.unwrap(),
+        p.expired().await.unwrap(),
+        p.push_count().await.unwrap(),
+        p.quota_applies().await.unwrap(),
+    )
+}
+
+async fn acked(w: &World, n: usize) {
+    eventually(&format!("{n} acks"), || async {
+        (w.server.stats().acks.len() >= n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sixteen_background_messages_expire_the_subscription() {
+    let w = World::new().await;
+    let sub = subscribe_and_leave(&w, "org.example.Quiet", HashMap::new()).await;
+    for i in 0..15 {
+        assert_eq!(post(&sub, format!("m{i}").as_bytes()).await.status, 201);
+    }
+    acked(&w, 15).await;
+    assert_eq!(props(&w, &sub).await, (1, false, 15, true));
+    assert_eq!(post(&sub, b"the last one").await.status, 201);
+    acked(&w, 16).await;
+    let (quota, expired, count, _) = props(&w, &sub).await;
+    assert_eq!((quota, expired, count), (0, true, 16));
+    // Unregistered with code 201: the endpoint is gone.
+    eventually("unregister 201", || async {
+        w.server
+            .stats()
+            .unregisters
+            .iter()
+            .any(|(_, c)| *c == 201)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(post(&sub, b"too late").await.status, 410);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_app_pays_nothing_and_an_expired_one_comes_back_renewed() {
+    let w = World::with_config("[quota]\nmax_per_subscription = 3\n").await;
+    // Foreground: the app is on the bus, messages are free.
+    let app = w.bus.app("org.example.Busy").await;
+    let sub = app.subscribe("s").await;
+    let mut msgs = app.messages().await;
+    for i in 0..5 {
+        post(&sub, format!("f{i}").as_bytes()).await;
+        next(&mut msgs, "foreground message").await;
+    }
+    assert_eq!(props(&w, &sub).await.0, 3);
+    app.conn.close().await.unwrap();
+    drop(msgs);
+
+    // Background: three messages use the budget up.
+    for i in 0..3 {
+        post(&sub, format!("b{i}").as_bytes()).await;
+    }
+    acked(&w, 8).await;
+    assert!(props(&w, &sub).await.1, "expired");
+
+    // The app comes back: a fresh subscription on the same object, with new endpoint and keys.
+    let app = w.bus.app("org.example.Busy").await;
+    let mut changed = app.manager.receive_subscription_changed().await.unwrap();
+    let renewed = app.subscribe("s").await;
+    assert_eq!(renewed.path, sub.path);
+    assert_ne!(renewed.endpoint, sub.endpoint);
+    assert_ne!(renewed.p256dh, sub.p256dh);
+    assert_ne!(renewed.auth, sub.auth);
+    let sig = next(&mut changed, "SubscriptionChanged").await;
+    assert_eq!(*sig.args().unwrap().reason(), "expired-renewed");
+    let (quota, expired, _, _) = props(&w, &renewed).await;
+    assert_eq!((quota, expired), (3, false));
+    // Messages from the background period are still there for the app.
+    let pending = app.manager.fetch_messages("s").await.unwrap();
+    assert_eq!(pending.len(), 3 + 5);
+    // And the new endpoint works.
+    assert_eq!(post(&renewed, b"hello again").await.status, 201);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn using_the_app_restores_its_quota() {
+    let w = World::new().await;
+    let sub = subscribe_and_leave(&w, "org.example.Returning", HashMap::new()).await;
+    for i in 0..4 {
+        post(&sub, format!("m{i}").as_bytes()).await;
+    }
+    acked(&w, 4).await;
+    assert_eq!(props(&w, &sub).await.0, 12);
+
+    let app = w.bus.app("org.example.Returning").await;
+    let p = app.subscription(&sub.path).await;
+    eventually("quota back to 16", || async {
+        (p.quota().await.ok()? == 16).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn system_subscriptions_and_exempt_apps_never_expire() {
+    let w = World::with_config(
+        "[quota]\nmax_per_subscription = 2\nexempt_apps = [\"org.example.Exempt\"]\n",
+    )
+    .await;
+    let opts = HashMap::from([("system", Value::from(true))]);
+    let system = subscribe_and_leave(&w, "org.example.System", opts).await;
+    let exempt = subscribe_and_leave(&w, "org.example.Exempt", HashMap::new()).await;
+    for i in 0..5 {
+        post(&system, format!("s{i}").as_bytes()).await;
+        post(&exempt, format!("e{i}").as_bytes()).await;
+    }
+    acked(&w, 10).await;
+    assert_eq!(props(&w, &system).await, (-1, false, 5, false));
+    assert_eq!(props(&w, &exempt).await, (-1, false, 5, false));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quota_survives_a_restart() {
+    let mut w = World::new().await;
+    let sub = subscribe_and_leave(&w, "org.example.Durable", HashMap::new()).await;
+    for i in 0..3 {
+        post(&sub, format!("m{i}").as_bytes()).await;
+    }
+    acked(&w, 3).await;
+    w.daemon.restart(&w.bus).await;
+    let (quota, expired, count, _) = props(&w, &sub).await;
+    assert_eq!((quota, expired, count), (13, false, 3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_app_hears_quota_changes_and_admin_can_reset_and_remove() {
+    let w = World::new().await;
+    let sub = subscribe_and_leave(&w, "org.example.Listen", HashMap::new()).await;
+    for i in 0..2 {
+        post(&sub, format!("m{i}").as_bytes()).await;
+    }
+    acked(&w, 2).await;
+    assert_eq!(props(&w, &sub).await.0, 14);
+    let admin = App::new(w.bus.connect().await).await;
+    admin.admin.reset_quota(&sub.path.as_ref()).await.unwrap();
+    assert_eq!(props(&w, &sub).await.0, 16);
+
+    post(&sub, b"again").await;
+    acked(&w, 3).await;
+    assert_eq!(props(&w, &sub).await.0, 15);
+    // The app listens first, then takes its name: its appearance restores the quota and
+    // it hears QuotaChanged.
+    let app = App::new(w.bus.connect().await).await;
+    let mut quota = app.manager.receive_quota_changed().await.unwrap();
+    app.conn.request_name("org.example.Listen").await.unwrap();
+    let sig = next(&mut quota, "QuotaChanged").await;
+    assert_eq!(sig.args().unwrap().remaining, 16);
+
+    admin.admin.remove(&sub.path.as_ref()).await.unwrap();
+    eventually("the subscription to be gone", || async {
+        app.manager
+            .list_subscriptions()
+            .await
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    eventually("410 after removal", || async {
+        (post(&sub, b"x").await.status == 410).then_some(())
+    })
+    .await;
+}
