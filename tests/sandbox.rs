@@ -1,0 +1,101 @@
+//! Sandboxed callers for real: pushctl runs in its own mount namespace, chrooted into a
+//! root that holds a `.flatpak-info`, so the daemon reads it through `/proc/PID/root`
+//! exactly as it does for a Flatpak app. Needs root (or user namespaces) for `unshare -m`;
+//! where that is impossible the test says so and stops.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use support::*;
+
+/// Run pushctl inside a fake Flatpak sandbox whose app id is `app_id`.
+fn sandboxed_pushctl(bus_address: &str, root: &Path, app_id: &str, args: &[&str]) -> Output {
+    std::fs::create_dir_all(root).unwrap();
+    std::fs::write(
+        root.join(".flatpak-info"),
+        format!("[Application]\nname={app_id}\nruntime=runtime/org.freedesktop.Platform/x86_64/24.08\n\n[Instance]\ninstance-id=1\n"),
+    )
+    .unwrap();
+    let pushctl = env!("CARGO_BIN_EXE_pushctl");
+    let bin_dir = Path::new(pushctl).parent().unwrap();
+    let script = r#"
+set -e
+R="$1"; BIN="$2"; shift 2
+for d in usr etc tmp proc dev; do mkdir -p "$R/$d"; mount --rbind "/$d" "$R/$d"; done
+for l in bin lib lib64 sbin; do
+  if [ -L "/$l" ]; then ln -sfn "$(readlink "/$l")" "$R/$l";
+  elif [ -d "/$l" ]; then mkdir -p "$R/$l"; mount --rbind "/$l" "$R/$l"; fi
+done
+mkdir -p "$R$BIN"; mount --bind "$BIN" "$R$BIN"
+exec chroot "$R" "$BIN/pushctl" "$@"
+"#;
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(root)
+        .arg(bin_dir)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("DBUS_SESSION_BUS_ADDRESS", bus_address)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn can_unshare() -> bool {
+    Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flatpak_caller_is_its_app_and_is_kept_in_its_lane() {
+    if !can_unshare() {
+        eprintln!("SKIPPED: `unshare -m` is not permitted here (needs root or user namespaces)");
+        return;
+    }
+    let w = World::new().await;
+    let root = w.dir.path().join("sandbox-root");
+    let run = |args: &[&str]| {
+        let out = sandboxed_pushctl(&w.bus.address, &root, "org.example.Sandboxed", args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) =
+        tokio::task::block_in_place(|| run(&["--json", "subscribe", "inbox"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let sub: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(sub["app_id"], "org.example.Sandboxed");
+
+    // Sandboxed: no system subscriptions, no Admin.
+    let (code, _, stderr) = tokio::task::block_in_place(|| run(&["subscribe", "vip", "--system"]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("AccessDenied"), "{stderr}");
+    let (code, _, stderr) = tokio::task::block_in_place(|| run(&["status"]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("AccessDenied"), "{stderr}");
+
+    // Another app's subscription is invisible and untouchable from inside.
+    let other = w.bus.app("org.example.Other").await;
+    let theirs = other.subscribe("inbox").await;
+    let (code, _, stderr) = tokio::task::block_in_place(|| run(&["show", theirs.path.as_str()]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("AccessDenied"), "{stderr}");
+    let (code, stdout, _) = tokio::task::block_in_place(|| run(&["--json", "list"]));
+    assert_eq!(code, Some(0));
+    let list: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["scope"], "inbox");
+    assert_eq!(list[0]["app_id"], "org.example.Sandboxed");
+    // Claiming the app id by bus name from outside does not make another process the app…
+    // but the same app id outside a sandbox is the same app (as for Flatpak's host side).
+    let host = w.bus.app("org.example.Sandboxed").await;
+    assert_eq!(host.manager.list_subscriptions().await.unwrap().len(), 1);
+}
