@@ -269,15 +269,18 @@ impl Daemon {
 
     /// Run `pushctl` against this daemon's bus.
     pub fn pushctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_pushctl"))
-            .args(args)
-            .env_clear()
+        self.pushctl_command().args(args).output().unwrap()
+    }
+
+    /// A `pushctl` command for this daemon's bus, without arguments yet.
+    pub fn pushctl_command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pushctl"));
+        c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &self.home)
             .env("DBUS_SESSION_BUS_ADDRESS", &self.bus_address)
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
+            .env("NO_COLOR", "1");
+        c
     }
 }
 
