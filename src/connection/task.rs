@@ -405,11 +405,15 @@ impl Actor {
         let mut ping_deadline: Option<Instant> = None;
         loop {
             let ping_at = last_rx + self.settings.ping_interval;
-            let timer = [Some(ping_at), ping_deadline, self.earliest_deadline()]
+            // While a ping waits for its answer, the ping time has passed and only the
+            // deadline counts: a past `ping_at` in the timer would wake the loop at once,
+            // again and again, until the answer or the deadline.
+            let ping_timer = ping_deadline.unwrap_or(ping_at);
+            let timer = [Some(ping_timer), self.earliest_deadline()]
                 .into_iter()
                 .flatten()
                 .min()
-                .expect("ping_at is always set");
+                .expect("ping_timer is always set");
             tokio::select! {
                 _ = self.cancel.cancelled() => {
                     close(&mut ws).await;
@@ -498,9 +502,6 @@ impl Actor {
                             return lost_send(e);
                         }
                         ping_deadline = Some(now + self.settings.request_timeout);
-                        // Do not ping again before an answer: keep `ping_at` in the past
-                        // from the deadline's point of view.
-                        last_rx = now;
                     }
                 }
             }
