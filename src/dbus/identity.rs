@@ -41,7 +41,11 @@ impl Identity {
     pub fn caller(&self) -> Caller {
         Caller {
             app_id: self.app_id.clone(),
-            sandboxed: self.sandboxed(),
+            sandbox: match self.source {
+                Source::Flatpak => Some("flatpak"),
+                Source::Snap => Some("snap"),
+                _ => None,
+            },
         }
     }
 }
@@ -65,6 +69,17 @@ pub fn flatpak_app_id(info: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether the Flatpak app `app_id` is still installed, for the user (under
+/// `data_home`, normally `~/.local/share`) or system-wide.
+pub fn flatpak_installed(app_id: &str, data_home: &std::path::Path) -> bool {
+    [
+        data_home.join("flatpak/app").join(app_id),
+        std::path::PathBuf::from("/var/lib/flatpak/app").join(app_id),
+    ]
+    .iter()
+    .any(|p| p.exists())
 }
 
 /// The snap name from `/proc/PID/cgroup` (`…/snap.NAME.APP-….scope` or `snap.NAME.APP.service`).

@@ -68,6 +68,7 @@ pub struct RegisterJob {
 enum JobKind {
     New {
         app: AppId,
+        sandbox: Option<&'static str>,
         scope: Scope,
         options: SubscribeOptions,
         system: bool,
@@ -170,7 +171,21 @@ pub struct Push {
     received: u64,
     /// A connection event read while draining a burst, to handle next.
     held: Option<Event>,
+    /// Messages handed to an app by a method call whose answer is still awaited.
+    inflight: HashSet<String>,
+    /// Subscriptions whose background delivery failed: when to try again, and how many
+    /// times it failed in a row.
+    retries: HashMap<i64, (Instant, u32)>,
+    /// Next daily housekeeping (pruning, uninstalled Flatpak apps).
+    maintenance: Instant,
+    /// `$XDG_DATA_HOME`, where user Flatpak installations live.
+    data_home: std::path::PathBuf,
 }
+
+/// Background delivery retries: 5 s doubling to 10 min.
+const RETRY_BASE: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(600);
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 impl Push {
     #[allow(clippy::too_many_arguments)]
@@ -205,6 +220,12 @@ impl Push {
             uaid,
             received: 0,
             held: None,
+            inflight: HashSet::new(),
+            retries: HashMap::new(),
+            maintenance: Instant::now() + MAINTENANCE_EVERY,
+            data_home: directories::BaseDirs::new()
+                .map(|b| b.data_dir().to_path_buf())
+                .unwrap_or_default(),
         };
         for rec in push.store.subscriptions()? {
             push.index(rec);
@@ -212,7 +233,7 @@ impl Push {
         let broadcasts = push.store.broadcasts()?.into_iter().collect();
         push.hello.send_modify(|h| h.broadcasts = broadcasts);
         push.update_hello();
-        let _ = push.store.prune_seen(now_ms() - 7 * 24 * 3600 * 1000);
+        push.housekeeping();
         Ok((push, Handle { tx }))
     }
 
@@ -267,7 +288,19 @@ impl Push {
     }
 
     pub async fn run(mut self) {
-        let mut expiry = self.next_expiry();
+        // Anything that waited for an app while the daemon was down gets a first try.
+        let waiting: Vec<i64> = self
+            .subs
+            .values()
+            .filter(|s| s.bus_name.is_some() && !s.expired)
+            .map(|s| s.id)
+            .collect();
+        for id in waiting {
+            if let Some(d) = self.background_delivery(id) {
+                self.deliver_pending(id, d);
+            }
+        }
+        let mut expiry = self.next_timer();
         loop {
             if let Some(ev) = self.held.take() {
                 self.connection_event(ev).await;
@@ -284,9 +317,9 @@ impl Push {
                     Some(input) => self.input(input).await,
                     None => break,
                 },
-                _ = sleep_or_never(expiry) => self.expire_messages(),
+                _ = sleep_or_never(expiry) => self.timer(),
             }
-            expiry = self.next_expiry();
+            expiry = self.next_timer();
         }
         for (_, replies) in self.waiting.drain() {
             for r in replies {
@@ -298,10 +331,95 @@ impl Push {
         debug!("push loop stopped");
     }
 
-    fn next_expiry(&self) -> Option<Instant> {
-        let at = self.store.next_expiry().ok().flatten()?;
-        let wait = (at - now_ms()).max(0) as u64;
-        Some(Instant::now() + Duration::from_millis(wait))
+    /// The one timer of the owner loop: the earliest of message expiry, a delivery retry
+    /// and the daily housekeeping.
+    fn next_timer(&self) -> Option<Instant> {
+        let expiry = self.store.next_expiry().ok().flatten().map(|at| {
+            let wait = (at - now_ms()).max(0) as u64;
+            Instant::now() + Duration::from_millis(wait)
+        });
+        let retry = self.retries.values().map(|(at, _)| *at).min();
+        [expiry, retry, Some(self.maintenance)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn timer(&mut self) {
+        let now = Instant::now();
+        self.expire_messages();
+        let due: Vec<i64> = self
+            .retries
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            // Parked far ahead until this attempt's answer reschedules or clears it.
+            if let Some(entry) = self.retries.get_mut(&id) {
+                entry.0 = now + RETRY_MAX;
+            }
+            if let Some(d) = self.background_delivery(id) {
+                self.deliver_pending(id, d);
+            }
+        }
+        if now >= self.maintenance {
+            self.maintenance = now + MAINTENANCE_EVERY;
+            self.housekeeping();
+        }
+    }
+
+    /// Once at startup and once a day: forget old de-duplication entries, and expire the
+    /// subscriptions of Flatpak apps that are no longer installed.
+    fn housekeeping(&mut self) {
+        let _ = self.store.prune_seen(now_ms() - 7 * 24 * 3600 * 1000);
+        let gone: Vec<i64> = self
+            .subs
+            .values()
+            .filter(|s| {
+                !s.expired
+                    && s.sandbox.as_deref() == Some("flatpak")
+                    && !crate::dbus::identity::flatpak_installed(s.app_id.as_str(), &self.data_home)
+            })
+            .map(|s| s.id)
+            .collect();
+        for id in gone {
+            info!(
+                subscription = id,
+                "the Flatpak app is no longer installed: subscription expired"
+            );
+            self.expire(id, "app-removed", UNREGISTER_REVOKED);
+        }
+    }
+
+    /// Expire a subscription now: unregister it, keep it with `Expired = true`, tell the app.
+    fn expire(&mut self, id: i64, reason: &'static str, code: u16) {
+        let Some(rec) = self.subs.get_mut(&id) else {
+            return;
+        };
+        rec.expired = true;
+        let rec = rec.clone();
+        if let Err(e) = self.store.update_subscription(&rec) {
+            error!(error = %e, "cannot store the expiry");
+        }
+        self.conn.unregister(rec.channel_id.clone(), code);
+        let info = self.info(&rec);
+        self.emit(DomainEvent::Updated(info.clone()));
+        self.emit(DomainEvent::Expired {
+            subscription: info,
+            reason,
+        });
+        self.update_hello();
+    }
+
+    /// How a subscription's messages go out while its app is not on the bus, if at all.
+    fn background_delivery(&self, id: i64) -> Option<Delivery> {
+        let rec = self.subs.get(&id)?;
+        match (rec.kind, &rec.bus_name) {
+            (Kind::UnifiedPush(_), _) => Some(Delivery::UnifiedPush),
+            (Kind::WebPush, Some(bus)) => Some(Delivery::Activate(bus.clone())),
+            (Kind::WebPush, None) => None,
+        }
     }
 
     fn expire_messages(&mut self) {
@@ -442,13 +560,21 @@ impl Push {
                 message_id,
                 ok,
             } => {
+                self.inflight.remove(&message_id);
                 if ok {
+                    self.retries.remove(&subscription);
                     match self.store.ack(subscription, &message_id) {
                         Ok(_) => self.refresh(subscription),
                         Err(e) => error!(error = %e, "cannot forget a delivered message"),
                     }
                 } else {
-                    debug!(subscription, message = %message_id, "background delivery failed: the message stays pending");
+                    let failures = self.retries.get(&subscription).map_or(0, |r| r.1) + 1;
+                    let wait = RETRY_BASE
+                        .saturating_mul(1 << (failures - 1).min(16))
+                        .min(RETRY_MAX);
+                    info!(subscription, message = %message_id, retry_in_s = wait.as_secs(), "background delivery failed: the message stays pending");
+                    self.retries
+                        .insert(subscription, (Instant::now() + wait, failures));
                 }
             }
             Input::Registered { job, result } => self.registered(job, result),
@@ -586,11 +712,9 @@ impl Push {
         if !rec.expired {
             self.conn.unregister(rec.channel_id.clone(), code);
         }
+        self.retries.remove(&id);
         info!(subscription = id, app = %rec.app_id, "unsubscribed");
-        self.emit(DomainEvent::Removed {
-            id,
-            app: rec.app_id,
-        });
+        self.emit(DomainEvent::Removed(SubscriptionInfo::from_record(&rec, 0)));
         self.update_hello();
         Ok(true)
     }
@@ -602,7 +726,7 @@ impl Push {
         options: SubscribeOptions,
         reply: Reply<SubscriptionInfo>,
     ) {
-        if options.system && caller.sandboxed {
+        if options.system && caller.sandboxed() {
             let _ = reply.send(Err(PushError::AccessDenied(
                 "sandboxed apps cannot ask for system subscriptions".into(),
             )));
@@ -611,6 +735,18 @@ impl Push {
         let key = (caller.app_id.clone(), scope.clone());
         if let Some(id) = self.by_scope.get(&key).copied() {
             let rec = &self.subs[&id];
+            if rec.kind != options.kind {
+                let _ = reply.send(Err(PushError::InvalidArgument(format!(
+                    "{:?} is already used by a {} registration of this app",
+                    scope.as_str(),
+                    if rec.kind == Kind::WebPush {
+                        "Web Push"
+                    } else {
+                        "UnifiedPush"
+                    }
+                ))));
+                return;
+            }
             if rec.app_server_key != options.application_server_key {
                 let _ = reply.send(Err(PushError::KeyMismatch));
                 return;
@@ -666,6 +802,7 @@ impl Push {
                 keys,
                 kind: JobKind::New {
                     app: caller.app_id,
+                    sandbox: caller.sandbox,
                     scope,
                     options,
                     system,
@@ -679,6 +816,7 @@ impl Push {
         match job.kind {
             JobKind::New {
                 app,
+                sandbox,
                 scope,
                 options,
                 system,
@@ -702,6 +840,9 @@ impl Push {
                             system,
                             bus_name: options.bus_name,
                             created: now_ms(),
+                            kind: options.kind,
+                            description: options.description,
+                            sandbox: sandbox.map(str::to_string),
                         };
                         match self.store.insert_subscription(&rec) {
                             Ok(id) => {
@@ -773,6 +914,12 @@ impl Push {
                     }
                     Err(e) => {
                         warn!(subscription = id, error = %e, "re-registration failed");
+                        if reason == "server-reset" {
+                            if let RequestError::Rejected(_) = e {
+                                // The server refuses this channel: it is gone for good.
+                                self.expire(id, "server", UNREGISTER_REVOKED);
+                            }
+                        }
                         Err(request_error(e))
                     }
                 };
@@ -819,7 +966,11 @@ impl Push {
         }
         // Give a returning app what it missed.
         for id in ids {
-            self.deliver_pending(id, Delivery::Signal);
+            let d = match self.subs.get(&id).map(|s| s.kind) {
+                Some(Kind::UnifiedPush(_)) => Delivery::UnifiedPush,
+                _ => Delivery::Signal,
+            };
+            self.deliver_pending(id, d);
         }
     }
 
@@ -847,7 +998,7 @@ impl Push {
         self.emit(DomainEvent::QuotaChanged { subscription: info });
     }
 
-    fn deliver_pending(&self, id: i64, delivery: Delivery) {
+    fn deliver_pending(&mut self, id: i64, delivery: Delivery) {
         let Some(rec) = self.subs.get(&id) else {
             return;
         };
@@ -862,7 +1013,11 @@ impl Push {
             return;
         }
         let info = self.info(rec);
+        let by_call = delivery != Delivery::Signal;
         for m in msgs {
+            if by_call && !self.inflight.insert(m.id.clone()) {
+                continue;
+            }
             self.emit(DomainEvent::Message {
                 subscription: info.clone(),
                 message: m,
@@ -907,7 +1062,10 @@ impl Push {
             if !in_batch.insert((n.channel_id.clone(), n.version.clone())) {
                 continue;
             }
-            let decrypted = decrypt_notification(&rec.keys, &n);
+            let decrypted = match rec.kind {
+                Kind::WebPush => decrypt_notification(&rec.keys, &n),
+                Kind::UnifiedPush(_) => raw_body(&n),
+            };
             let background = !self.app_present(&rec.app_id);
             let c = counters.entry(id).or_insert(Counters {
                 subscription_id: id,
@@ -947,7 +1105,11 @@ impl Push {
                 ),
                 Err(e) => {
                     warn!(subscription = id, channel = %n.channel_id, reason = %e, "cannot decrypt a notification: acknowledged 101");
-                    (ACK_DECRYPT_FAILED, None)
+                    let code = match rec.kind {
+                        Kind::WebPush => ACK_DECRYPT_FAILED,
+                        Kind::UnifiedPush(_) => ACK_NOT_DELIVERED,
+                    };
+                    (code, None)
                 }
             };
             items.push(BatchItem {
@@ -1011,18 +1173,19 @@ impl Push {
                 }
                 let rec = rec.clone();
                 if let Some(m) = item.message {
-                    let delivery = if self.app_present(&rec.app_id) {
-                        Delivery::Signal
-                    } else if let Some(bus) = &rec.bus_name {
-                        self.last_background
-                            .insert(rec.app_id.clone(), Instant::now());
-                        Delivery::Activate(bus.clone())
-                    } else {
-                        Delivery::Signal
+                    let present = self.app_present(&rec.app_id);
+                    let delivery = match (rec.kind, present) {
+                        (Kind::WebPush, true) => Some(Delivery::Signal),
+                        _ => self.background_delivery(id),
                     };
-                    let needs =
-                        matches!(delivery, Delivery::Activate(_)) || self.app_present(&rec.app_id);
-                    if needs {
+                    if let Some(delivery) = delivery {
+                        if !present {
+                            self.last_background
+                                .insert(rec.app_id.clone(), Instant::now());
+                        }
+                        if delivery != Delivery::Signal {
+                            self.inflight.insert(m.id.clone());
+                        }
                         self.emit(DomainEvent::Message {
                             subscription: self.info(&rec),
                             message: m,
@@ -1061,6 +1224,22 @@ fn request_error(e: RequestError) -> PushError {
         RequestError::Rejected(_) => PushError::Failed(e.to_string()),
         RequestError::Shutdown => PushError::Unavailable(e.to_string()),
     }
+}
+
+/// The raw RFC 8291 body for a UnifiedPush app, which decrypts it itself. The UnifiedPush
+/// specification allows 1-4096 bytes.
+fn raw_body(n: &Notification) -> Result<Vec<u8>, crypto::CryptoError> {
+    let body = match &n.data {
+        Some(d) => crypto::b64(d)?,
+        None => Vec::new(),
+    };
+    if body.is_empty() || body.len() > 4096 {
+        return Err(crypto::CryptoError::Decrypt(format!(
+            "a UnifiedPush message must be 1-4096 bytes, not {}",
+            body.len()
+        )));
+    }
+    Ok(body)
 }
 
 /// Decode and decrypt one notification's body. An empty push gives an empty payload.

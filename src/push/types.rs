@@ -3,6 +3,7 @@
 use tokio::sync::oneshot;
 
 use crate::ids::{AppId, Scope};
+pub use crate::store::Kind;
 use crate::store::{StoredMessage, SubscriptionRecord};
 
 /// A subscription as apps and `pushctl` see it: no private key.
@@ -23,6 +24,10 @@ pub struct SubscriptionInfo {
     pub created: i64,
     pub bus_name: String,
     pub pending: u64,
+    pub kind: Kind,
+    pub description: String,
+    /// `flatpak`, `snap`, or empty: where the owner's app id came from.
+    pub sandbox: String,
 }
 
 impl SubscriptionInfo {
@@ -43,6 +48,9 @@ impl SubscriptionInfo {
             created: r.created,
             bus_name: r.bus_name.clone().unwrap_or_default(),
             pending,
+            kind: r.kind,
+            description: r.description.clone(),
+            sandbox: r.sandbox.clone().unwrap_or_default(),
         }
     }
 
@@ -74,15 +82,35 @@ pub type Reply<T> = oneshot::Sender<Result<T, PushError>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub app_id: AppId,
-    /// Flatpak or Snap: may not ask for system subscriptions or use Admin.
-    pub sandboxed: bool,
+    /// `flatpak` or `snap`: may not ask for system subscriptions or use Admin.
+    pub sandbox: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, Default)]
+impl Caller {
+    pub fn sandboxed(&self) -> bool {
+        self.sandbox.is_some()
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct SubscribeOptions {
     pub application_server_key: Option<Vec<u8>>,
     pub system: bool,
     pub bus_name: Option<String>,
+    pub kind: Kind,
+    pub description: String,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions {
+            application_server_key: None,
+            system: false,
+            bus_name: None,
+            kind: Kind::WebPush,
+            description: String::new(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -153,6 +181,9 @@ pub enum Delivery {
     Signal,
     /// Call `org.webpushd.Push1.Client.Message` on this (activatable) name.
     Activate(String),
+    /// Call the UnifiedPush connector (`Connector2`/`Connector1.Message`) on the app's
+    /// service name, with the raw body.
+    UnifiedPush,
 }
 
 /// What `push` tells the D-Bus side; it turns each into signals and object changes.
@@ -160,10 +191,7 @@ pub enum Delivery {
 pub enum DomainEvent {
     Added(SubscriptionInfo),
     Updated(SubscriptionInfo),
-    Removed {
-        id: i64,
-        app: AppId,
-    },
+    Removed(SubscriptionInfo),
     Message {
         subscription: SubscriptionInfo,
         message: StoredMessage,

@@ -57,6 +57,33 @@ impl StoreError {
     }
 }
 
+/// What a subscription serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The native API: payloads decrypted with the subscription's keys.
+    WebPush,
+    /// A UnifiedPush registration (D-Bus API version 1 or 2): the app holds its own keys
+    /// and gets the raw RFC 8291 body.
+    UnifiedPush(u8),
+}
+
+impl Kind {
+    fn to_columns(self) -> (&'static str, i64) {
+        match self {
+            Kind::WebPush => ("webpush", 0),
+            Kind::UnifiedPush(v) => ("unifiedpush", v as i64),
+        }
+    }
+
+    fn from_columns(kind: &str, version: i64) -> Result<Kind, String> {
+        match (kind, version) {
+            ("webpush", _) => Ok(Kind::WebPush),
+            ("unifiedpush", v @ 1..=2) => Ok(Kind::UnifiedPush(v as u8)),
+            (k, v) => Err(format!("unknown kind {k:?} version {v}")),
+        }
+    }
+}
+
 /// A subscription as stored.
 #[derive(Debug, Clone)]
 pub struct SubscriptionRecord {
@@ -74,6 +101,26 @@ pub struct SubscriptionRecord {
     pub system: bool,
     pub bus_name: Option<String>,
     pub created: i64,
+    pub kind: Kind,
+    /// UnifiedPush's registration description (at most 100 bytes); empty otherwise.
+    pub description: String,
+    /// `flatpak` or `snap` when the owner's app id came from a sandbox.
+    pub sandbox: Option<String>,
+}
+
+/// The plainly typed columns of a subscription row.
+struct SubscriptionRecordPartial {
+    id: i64,
+    endpoint: String,
+    app_server_key: Option<Vec<u8>>,
+    push_count: u64,
+    last_push: i64,
+    quota: i32,
+    expired: bool,
+    system: bool,
+    bus_name: Option<String>,
+    created: i64,
+    description: String,
 }
 
 /// A decrypted message waiting for its app.
@@ -303,66 +350,63 @@ impl Store {
     pub fn subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT id, channel_id, app_id, scope, endpoint, private_key, public_key, auth_secret,
-                    app_server_key, push_count, last_push, quota, expired, system, bus_name, created
+                    app_server_key, push_count, last_push, quota, expired, system, bus_name, created,
+                    kind, up_version, description, sandbox
              FROM subscriptions ORDER BY id",
         )?;
         let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
+            let id: i64 = r.get(0)?;
+            // Columns SQLite can type-check; our own validation follows below.
+            let raw = (
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
                 r.get::<_, Vec<u8>>(5)?,
                 r.get::<_, Vec<u8>>(6)?,
                 r.get::<_, Vec<u8>>(7)?,
-                r.get::<_, Option<Vec<u8>>>(8)?,
-                r.get::<_, i64>(9)?,
-                r.get::<_, i64>(10)?,
-                r.get::<_, i32>(11)?,
-                r.get::<_, bool>(12)?,
-                r.get::<_, bool>(13)?,
-                r.get::<_, Option<String>>(14)?,
-                r.get::<_, i64>(15)?,
-            ))
+                r.get::<_, String>(16)?,
+                r.get::<_, i64>(17)?,
+                r.get::<_, String>(19)?,
+            );
+            let partial = SubscriptionRecordPartial {
+                id,
+                endpoint: r.get(4)?,
+                app_server_key: r.get(8)?,
+                push_count: r.get::<_, i64>(9)?.max(0) as u64,
+                last_push: r.get(10)?,
+                quota: r.get(11)?,
+                expired: r.get(12)?,
+                system: r.get(13)?,
+                bus_name: r.get(14)?,
+                created: r.get(15)?,
+                description: r.get(18)?,
+            };
+            Ok((partial, raw))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (
-                id,
-                ch,
-                app,
-                scope,
-                endpoint,
-                private,
-                public,
-                auth,
-                ask,
-                count,
-                last,
-                quota,
-                expired,
-                system,
-                bus,
-                created,
-            ) = row?;
-            let corrupt = |what: String| StoreError::Corrupt(format!("subscription {id}: {what}"));
+            let (p, (ch, app, scope, private, public, auth, kind, up_version, sandbox)) = row?;
+            let corrupt =
+                |what: String| StoreError::Corrupt(format!("subscription {}: {what}", p.id));
             out.push(SubscriptionRecord {
-                id,
+                id: p.id,
                 channel_id: ChannelId::parse(&ch).map_err(|e| corrupt(e.to_string()))?,
                 app_id: AppId::parse(&app).map_err(|e| corrupt(e.to_string()))?,
                 scope: Scope::parse(&scope).map_err(|e| corrupt(e.to_string()))?,
-                endpoint,
+                endpoint: p.endpoint,
                 keys: SubscriptionKeys::from_parts(private, public, auth)
                     .map_err(|e| corrupt(e.to_string()))?,
-                app_server_key: ask,
-                push_count: count.max(0) as u64,
-                last_push: last,
-                quota,
-                expired,
-                system,
-                bus_name: bus,
-                created,
+                app_server_key: p.app_server_key,
+                push_count: p.push_count,
+                last_push: p.last_push,
+                quota: p.quota,
+                expired: p.expired,
+                system: p.system,
+                bus_name: p.bus_name,
+                created: p.created,
+                kind: Kind::from_columns(&kind, up_version).map_err(corrupt)?,
+                description: p.description,
+                sandbox: (!sandbox.is_empty()).then_some(sandbox),
             });
         }
         Ok(out)
@@ -372,8 +416,9 @@ impl Store {
     pub fn insert_subscription(&self, s: &SubscriptionRecord) -> Result<i64, StoreError> {
         self.conn.execute(
             "INSERT INTO subscriptions (channel_id, app_id, scope, endpoint, private_key, public_key,
-                 auth_secret, app_server_key, push_count, last_push, quota, expired, system, bus_name, created)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 auth_secret, app_server_key, push_count, last_push, quota, expired, system, bus_name, created,
+                 kind, up_version, description, sandbox)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
             params![
                 s.channel_id.as_str(),
                 s.app_id.as_str(),
@@ -390,6 +435,10 @@ impl Store {
                 s.system,
                 s.bus_name,
                 s.created,
+                s.kind.to_columns().0,
+                s.kind.to_columns().1,
+                s.description,
+                s.sandbox.as_deref().unwrap_or(""),
             ],
         )?;
         Ok(self.conn.last_insert_rowid())
@@ -400,7 +449,8 @@ impl Store {
         self.conn.execute(
             "UPDATE subscriptions SET channel_id = ?2, endpoint = ?3, private_key = ?4,
                  public_key = ?5, auth_secret = ?6, app_server_key = ?7, push_count = ?8,
-                 last_push = ?9, quota = ?10, expired = ?11, system = ?12, bus_name = ?13
+                 last_push = ?9, quota = ?10, expired = ?11, system = ?12, bus_name = ?13,
+                 description = ?14
              WHERE id = ?1",
             params![
                 s.id,
@@ -416,6 +466,7 @@ impl Store {
                 s.expired,
                 s.system,
                 s.bus_name,
+                s.description,
             ],
         )?;
         Ok(())
@@ -624,6 +675,9 @@ mod tests {
             system: false,
             bus_name: None,
             created: 1,
+            kind: Kind::WebPush,
+            description: String::new(),
+            sandbox: None,
         }
     }
 

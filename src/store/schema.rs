@@ -8,7 +8,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::StoreError;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/001.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/001.sql"),
+    include_str!("migrations/002.sql"),
+];
 
 pub const CURRENT: i64 = MIGRATIONS.len() as i64;
 
@@ -33,6 +36,43 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frozen version-1 database upgrades with its rows intact.
+    #[test]
+    fn version_1_fixture_upgrades_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
+            conn.execute_batch(include_str!("fixtures/schema_v1.sql"))
+                .unwrap();
+        }
+        let (store, moved) = crate::store::Store::open(dir.path()).unwrap();
+        assert!(moved.is_none());
+        assert_eq!(
+            store.uaid().unwrap().unwrap().as_str(),
+            "0123456789abcdef0123456789abcdef"
+        );
+        assert_eq!(store.broadcasts().unwrap().len(), 1);
+        let subs = store.subscriptions().unwrap();
+        assert_eq!(subs.len(), 1);
+        let s = &subs[0];
+        assert_eq!(
+            (s.id, s.app_id.as_str(), s.scope.as_str()),
+            (7, "org.example.Old", "https://old.example/")
+        );
+        assert_eq!((s.push_count, s.quota, s.expired), (3, 13, false));
+        assert_eq!(s.kind, crate::store::Kind::WebPush);
+        assert_eq!(s.description, "");
+        assert_eq!(s.sandbox, None);
+        // The keys still decrypt RFC 8291's example message.
+        let body = crate::crypto::b64("DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A_yl95bQpu6cVPTpK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQexSgSxsj_Qulcy4a-fN").unwrap();
+        let plain =
+            crate::crypto::decrypt(&s.keys, &crate::crypto::Encoding::Aes128gcm, &body).unwrap();
+        assert_eq!(plain, b"When I grow up, I want to be a watermelon");
+        let pending = store.pending(7).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].payload, b"hello");
+    }
 
     #[test]
     fn from_empty_reaches_current_and_is_idempotent() {
