@@ -112,17 +112,34 @@ pub fn origin(endpoint: &str) -> Result<String, SendError> {
     })
 }
 
-/// Encrypt `payload` to (`p256dh`, `auth`), sign with `key` and POST to `endpoint`.
-/// An empty payload is sent as an empty push (no body, no encryption).
-pub async fn send(
+/// POST an already encrypted message (its body and encoding headers), signed with `key`.
+pub async fn post_encrypted(
     endpoint: &str,
-    p256dh: &[u8],
-    auth: &[u8],
-    payload: &[u8],
+    enc: &crypto::Encrypted,
     key: &VapidKey,
     opts: &SendOptions,
 ) -> Result<SendResponse, SendError> {
     let url = parse_url(endpoint)?;
+    let mut req = request(endpoint, &url, key, opts)?;
+    for (k, v) in &enc.headers {
+        req = req.header(*k, v);
+    }
+    let req = req
+        .header("Content-Type", "application/octet-stream")
+        .body(Full::new(Bytes::from(enc.body.clone())))
+        .expect("headers built from valid strings");
+    tokio::time::timeout(Duration::from_secs(30), post(&url, req))
+        .await
+        .map_err(|_| SendError::Timeout)?
+}
+
+/// The request line and the headers every push carries: TTL, VAPID, Urgency, Topic.
+fn request(
+    endpoint: &str,
+    url: &Url<'_>,
+    key: &VapidKey,
+    opts: &SendOptions,
+) -> Result<hyper::http::request::Builder, SendError> {
     let mut req = Request::post(url.path)
         .header("Host", format!("{}:{}", url.host, url.port))
         .header("TTL", opts.ttl.to_string());
@@ -141,21 +158,29 @@ pub async fn send(
     if let Some(t) = &opts.topic {
         req = req.header("Topic", t);
     }
-    let body = if payload.is_empty() {
-        Vec::new()
-    } else {
+    Ok(req)
+}
+
+/// Encrypt `payload` to (`p256dh`, `auth`), sign with `key` and POST to `endpoint`.
+/// An empty payload is sent as an empty push (no body, no encryption).
+pub async fn send(
+    endpoint: &str,
+    p256dh: &[u8],
+    auth: &[u8],
+    payload: &[u8],
+    key: &VapidKey,
+    opts: &SendOptions,
+) -> Result<SendResponse, SendError> {
+    if !payload.is_empty() {
         let enc = crypto::encrypt(p256dh, auth, payload, opts.aesgcm)?;
-        for (k, v) in &enc.headers {
-            req = req.header(*k, v);
-        }
-        req = req.header("Content-Type", "application/octet-stream");
-        enc.body
-    };
-    let req = req
-        .body(Full::new(Bytes::from(body)))
+        return post_encrypted(endpoint, &enc, key, opts).await;
+    }
+    // An empty push: no body, no encryption.
+    let url = parse_url(endpoint)?;
+    let req = request(endpoint, &url, key, opts)?
+        .body(Full::new(Bytes::new()))
         .expect("headers built from valid strings");
-    let fut = post(&url, req);
-    tokio::time::timeout(Duration::from_secs(30), fut)
+    tokio::time::timeout(Duration::from_secs(30), post(&url, req))
         .await
         .map_err(|_| SendError::Timeout)?
 }

@@ -107,4 +107,10 @@ pub trait Subscription {
     fn expired(&self) -> zbus::Result<bool>;
     #[zbus(property)]
     fn created(&self) -> zbus::Result<i64>;
+    #[zbus(property)]
+    fn kind(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn bus_name(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn description(&self) -> zbus::Result<String>;
 }

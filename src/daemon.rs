@@ -232,9 +232,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             return Err(DaemonError::Bus(e));
         }
     }
+    match bus
+        .request_name_with_flags(dbus::unifiedpush::BUS_NAME, flags)
+        .await
+    {
+        Ok(RequestNameReply::PrimaryOwner) | Ok(RequestNameReply::AlreadyOwner) => {}
+        other => warn!(
+            ?other,
+            name = dbus::unifiedpush::BUS_NAME,
+            "cannot own the UnifiedPush distributor name"
+        ),
+    }
     info!(name = dbus::BUS_NAME, server = %config.server_url.as_str(), "webpushd ready");
     sd_notify("READY=1\nSTATUS=Serving org.webpushd.Push1");
     gate.cancel();
+    {
+        let (bus, push) = (bus.clone(), push_handle.clone());
+        tracker.spawn(async move {
+            if let Err(e) = dbus::unifiedpush::prune_removed_apps(&bus, &push).await {
+                warn!(error = %e, "cannot check UnifiedPush apps");
+            }
+        });
+    }
 
     if let Some(every) = watchdog_interval() {
         let push = push_handle.clone();

@@ -11,6 +11,7 @@ pub mod error;
 pub mod identity;
 pub mod manager;
 pub mod subscription;
+pub mod unifiedpush;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,7 @@ use self::manager::{Admin, Manager, PATH};
 use self::subscription::SubscriptionObject;
 use crate::connection::{self, ConnStatus};
 use crate::ids::AppId;
-use crate::push::{self, Delivery, DomainEvent, SubscriptionInfo};
+use crate::push::{self, Delivery, DomainEvent, Kind, SubscriptionInfo};
 use crate::store::StoredMessage;
 
 pub const BUS_NAME: &str = "org.webpushd.Push1";
@@ -158,6 +159,18 @@ pub async fn serve(
     for info in subscriptions {
         add_subscription(conn, &push, &resolver, info).await?;
     }
+    server
+        .at(
+            unifiedpush::PATH,
+            unifiedpush::Distributor2::new(push.clone(), resolver.clone()),
+        )
+        .await?;
+    server
+        .at(
+            unifiedpush::PATH,
+            unifiedpush::Distributor1::new(push.clone(), resolver.clone()),
+        )
+        .await?;
     Ok(())
 }
 
@@ -209,10 +222,17 @@ async fn pump_one(
         DomainEvent::Added(info) | DomainEvent::Updated(info) => {
             ensure_object(conn, push, resolver, info).await?
         }
-        DomainEvent::Removed { id, .. } => {
+        DomainEvent::Removed(info) => {
             conn.object_server()
-                .remove::<SubscriptionObject, _>(subscription_path(id))
+                .remove::<SubscriptionObject, _>(subscription_path(info.id))
                 .await?;
+            if matches!(info.kind, Kind::UnifiedPush(_)) {
+                // Confirms an unregistration, or tells the app it ended.
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    let _ = unifiedpush::unregistered(&conn, &info).await;
+                });
+            }
         }
         DomainEvent::Message {
             subscription,
@@ -243,7 +263,43 @@ async fn pump_one(
                     push.delivered(subscription.id, message.id, ok).await;
                 });
             }
+            Delivery::UnifiedPush => {
+                let conn = conn.clone();
+                let push = push.clone();
+                tokio::spawn(async move {
+                    let ok = unifiedpush::message(&conn, &subscription, &message).await;
+                    push.delivered(subscription.id, message.id, ok).await;
+                });
+            }
         },
+        DomainEvent::SubscriptionChanged {
+            subscription,
+            reason,
+        } if matches!(subscription.kind, Kind::UnifiedPush(_)) => {
+            tracing::debug!(
+                subscription = subscription.id,
+                reason,
+                "UnifiedPush endpoint changed"
+            );
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let _ = unifiedpush::new_endpoint(&conn, &subscription).await;
+            });
+        }
+        DomainEvent::Expired {
+            subscription,
+            reason,
+        } if matches!(subscription.kind, Kind::UnifiedPush(_)) => {
+            tracing::debug!(
+                subscription = subscription.id,
+                reason,
+                "UnifiedPush registration ended"
+            );
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let _ = unifiedpush::unregistered(&conn, &subscription).await;
+            });
+        }
         DomainEvent::SubscriptionChanged {
             subscription,
             reason,

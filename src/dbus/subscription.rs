@@ -150,4 +150,29 @@ impl SubscriptionObject {
         self.may_read(hdr).await?;
         Ok(self.info.created)
     }
+
+    /// `webpush` (this API) or `unifiedpush` (a UnifiedPush registration).
+    #[zbus(property)]
+    async fn kind(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
+        self.may_read(hdr).await?;
+        Ok(match self.info.kind {
+            crate::push::Kind::WebPush => "webpush",
+            crate::push::Kind::UnifiedPush(_) => "unifiedpush",
+        }
+        .into())
+    }
+
+    /// The activatable name for background delivery (UnifiedPush: the connector's service).
+    #[zbus(property)]
+    async fn bus_name(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
+        self.may_read(hdr).await?;
+        Ok(self.info.bus_name.clone())
+    }
+
+    /// UnifiedPush's registration description; empty otherwise.
+    #[zbus(property)]
+    async fn description(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
+        self.may_read(hdr).await?;
+        Ok(self.info.description.clone())
+    }
 }
