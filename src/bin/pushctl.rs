@@ -211,14 +211,18 @@ async fn connect(app_id: Option<&str>) -> Result<zbus::Connection> {
     let mut b = zbus::connection::Builder::session()
         .context("cannot reach the D-Bus session bus (is DBUS_SESSION_BUS_ADDRESS set?)")?;
     if let Some(id) = app_id {
+        // Never take the name from its owner (the running app), and never let another
+        // program take it from us: zbus would otherwise ask for both.
         b = b
             .name(id.to_string())
-            .with_context(|| format!("{id:?} is not a valid bus name to act as"))?;
+            .with_context(|| format!("{id:?} is not a valid bus name to act as"))?
+            .replace_existing_names(false)
+            .allow_name_replacements(false);
     }
     b.build().await.map_err(|e| match (app_id, &e) {
-        (Some(id), zbus::Error::NameTaken) => {
-            anyhow!("cannot act as {id}: another program owns that name")
-        }
+        (Some(id), zbus::Error::NameTaken) => anyhow!(
+            "cannot act as {id}: another program (the app itself, or another pushctl) owns that name on the bus; quit it first"
+        ),
         _ => anyhow!(e).context("cannot connect to the D-Bus session bus"),
     })
 }
