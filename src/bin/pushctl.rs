@@ -1,7 +1,8 @@
 //! pushctl: manage webpushd and play an application server, for people and scripts.
 //!
 //! Talks to the daemon only through its public D-Bus interfaces. Exit codes: 0 ok,
-//! 1 failure, 2 usage.
+//! 1 failure, 2 usage. Every failure is one line on standard error that says what went
+//! wrong and, where it can, what to do.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Write};
@@ -9,7 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
+use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand};
 use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
@@ -18,6 +20,17 @@ use webpushd::client::{AdminProxy, ManagerProxy, SubscriptionProxy};
 use webpushd::crypto;
 use webpushd::vapid::VapidKey;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+use zbus::DBusError;
+
+/// Where the daemon puts subscription objects.
+const SUB_PREFIX: &str = "/org/webpushd/Push1/subscription/";
+const NOT_RUNNING: &str = "webpushd is not running: systemctl --user start webpushd";
+/// The daemon's name, the Admin object and its interface.
+const ADMIN: (&str, &str, &str) = (
+    "org.webpushd.Push1",
+    "/org/webpushd/Push1",
+    "org.webpushd.Push1.Admin",
+);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -87,12 +100,15 @@ enum Cmd {
 #[derive(Subcommand, Debug)]
 enum QuotaCmd {
     /// Restore a subscription's quota to the maximum
-    Reset { path: String },
+    Reset {
+        /// A subscription object path, or a scope of the acting app
+        target: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
 struct SendArgs {
-    /// An endpoint URL, or a scope of the acting app (endpoint and keys come from the daemon)
+    /// An endpoint URL (with --p256dh and --auth), or a scope of the acting app
     target: String,
     /// The subscription's public key (base64url), with an endpoint URL
     #[arg(long, value_name = "K", requires = "auth")]
@@ -119,6 +135,23 @@ struct SendArgs {
     data: Option<String>,
 }
 
+/// Print one line on standard output. A reader that went away (`pushctl … | head -1`)
+/// ends pushctl quietly instead of with a panic.
+fn line(s: &str) {
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = writeln!(o, "{s}").and_then(|()| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("pushctl: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+macro_rules! say {
+    ($($t:tt)*) => { line(&format!($($t)*)) };
+}
+
 struct Out {
     json: bool,
     color: bool,
@@ -133,28 +166,32 @@ impl Out {
         }
     }
 
+    /// `Label:` padded to `width` columns; the padding stays outside the colour codes so
+    /// the columns line up on a terminal too.
+    fn label(&self, k: &str, width: usize) -> String {
+        let text = format!("{k}:");
+        let pad = width.saturating_sub(text.chars().count());
+        format!("{}{}", self.bold(&text), " ".repeat(pad))
+    }
+
     fn json(&self, v: &Json) {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(v).expect("json values serialise")
-        );
+        line(&serde_json::to_string_pretty(v).expect("json values serialise"));
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    check_usage(&cli);
     if let Cmd::Completions { shell } = cli.command {
-        clap_complete::generate(
-            shell,
-            &mut Cli::command(),
-            "pushctl",
-            &mut std::io::stdout(),
-        );
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "pushctl", &mut script);
+        line(String::from_utf8_lossy(&script).trim_end());
         return ExitCode::SUCCESS;
     }
     let out = Out {
         json: cli.json,
-        color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        color: std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -170,41 +207,145 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error chain on one line, with the daemon-not-running case said plainly.
-fn one_line(e: &anyhow::Error) -> String {
+/// Usage mistakes clap cannot see: exit 2 with clap's usage message.
+fn check_usage(cli: &Cli) {
+    if let Cmd::Send(a) = &cli.command {
+        if a.p256dh.is_some() && !is_url(&a.target) {
+            let mut cmd = Cli::command();
+            cmd.build();
+            let send = cmd
+                .find_subcommand_mut("send")
+                .expect("send is a subcommand");
+            send.error(
+                ErrorKind::ArgumentConflict,
+                "--p256dh and --auth go with an endpoint URL; for a SCOPE the daemon gives the keys",
+            )
+            .exit();
+        }
+    }
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("https://") || s.starts_with("http://")
+}
+
+/// The last part of a D-Bus error name: `NotFound`, `UnknownObject`, `ServiceUnknown`, ….
+fn short_name(name: &str) -> &str {
+    name.rsplit('.').next().unwrap_or(name)
+}
+
+/// The D-Bus error (full name, message) of a zbus error, if it is one.
+fn zbus_parts(z: &zbus::Error) -> Option<(String, String)> {
+    match z {
+        zbus::Error::MethodError(name, msg, _) => {
+            Some((name.to_string(), msg.clone().unwrap_or_default()))
+        }
+        zbus::Error::FDO(f) => Some(fdo_parts(f)),
+        _ => None,
+    }
+}
+
+fn zbus_error_is(z: &zbus::Error, names: &[&str]) -> bool {
+    zbus_parts(z).is_some_and(|(n, _)| names.contains(&short_name(&n)))
+}
+
+/// The D-Bus error (full name, message) anywhere in an error chain.
+fn dbus_error(e: &anyhow::Error) -> Option<(String, String)> {
     for cause in e.chain() {
-        if let Some(zbus::Error::MethodError(name, _, _)) = cause.downcast_ref::<zbus::Error>() {
-            let n = name.as_str();
-            if n == "org.freedesktop.DBus.Error.ServiceUnknown"
-                || n == "org.freedesktop.DBus.Error.NameHasNoOwner"
-            {
-                return "webpushd is not running: systemctl --user start webpushd".into();
-            }
+        if let Some(parts) = cause.downcast_ref::<zbus::Error>().and_then(zbus_parts) {
+            return Some(parts);
         }
-        if let Some(zbus::Error::FDO(f)) = cause.downcast_ref::<zbus::Error>() {
-            if matches!(
-                **f,
-                zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)
-            ) {
-                return "webpushd is not running: systemctl --user start webpushd".into();
-            }
+        if let Some(f) = cause.downcast_ref::<zbus::fdo::Error>() {
+            return Some(fdo_parts(f));
         }
     }
-    let mut s = String::new();
-    for (i, cause) in e.chain().enumerate() {
-        let text = match cause.downcast_ref::<zbus::Error>() {
-            Some(zbus::Error::MethodError(name, Some(msg), _)) => {
-                let short = name.as_str().rsplit('.').next().unwrap_or(name.as_str());
-                format!("{short}: {msg}")
-            }
-            _ => cause.to_string(),
+    None
+}
+
+fn fdo_parts(f: &zbus::fdo::Error) -> (String, String) {
+    (
+        f.name().to_string(),
+        f.description().unwrap_or_default().to_string(),
+    )
+}
+
+/// Whether the chain holds a D-Bus error whose short name is one of `names`.
+fn is_dbus_error(e: &anyhow::Error, names: &[&str]) -> bool {
+    dbus_error(e).is_some_and(|(n, _)| names.contains(&short_name(&n)))
+}
+
+/// The error chain on one line, with the daemon-not-running case said plainly and
+/// repeated causes (a wrapper that prints its source) said once.
+fn one_line(e: &anyhow::Error) -> String {
+    if is_dbus_error(e, &["ServiceUnknown", "NameHasNoOwner"]) {
+        return NOT_RUNNING.into();
+    }
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let dbus = match cause.downcast_ref::<zbus::Error>() {
+            Some(z) => zbus_parts(z),
+            None => cause.downcast_ref::<zbus::fdo::Error>().map(fdo_parts),
         };
-        if i > 0 {
-            s.push_str(": ");
+        let text = match dbus {
+            Some((name, msg)) if !msg.is_empty() => format!("{}: {msg}", short_name(&name)),
+            Some((name, _)) => short_name(&name).to_string(),
+            None => cause.to_string(),
+        };
+        let text = text.replace('\n', " ");
+        if parts.last().is_some_and(|p| p.contains(text.as_str())) {
+            continue;
         }
-        s.push_str(&text);
+        parts.push(text);
     }
-    s
+    parts.join(": ")
+}
+
+/// `s` as one shell word, for the commands suggested in error messages.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@=+,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Who pushctl acts as, for error messages.
+struct Acting<'a>(Option<&'a str>);
+
+impl Acting<'_> {
+    fn no_subscription(&self, scope: &str) -> anyhow::Error {
+        match self.0 {
+            Some(id) => anyhow!(
+                "NotFound: no subscription {scope:?} for app {id}; see pushctl --app-id {} list",
+                shell_word(id)
+            ),
+            None => anyhow!(
+                "NotFound: no subscription {scope:?} for pushctl's own app id; act as an app with --app-id ID (pushctl list --all shows every app's)"
+            ),
+        }
+    }
+
+    /// A failed call about `scope`: NotFound means there is no such subscription.
+    fn scope_error(&self, e: zbus::Error, scope: &str, doing: String) -> anyhow::Error {
+        let e = anyhow!(e);
+        if is_dbus_error(&e, &["NotFound"]) {
+            self.no_subscription(scope)
+        } else {
+            e.context(doing)
+        }
+    }
+}
+
+/// A failed call about the object at `path`.
+fn path_error(e: anyhow::Error, path: &str) -> anyhow::Error {
+    if is_dbus_error(&e, &["UnknownObject", "UnknownInterface", "NotFound"]) {
+        anyhow!("NotFound: no subscription at {path}; pushctl list --all shows every subscription")
+    } else {
+        e
+    }
 }
 
 async fn connect(app_id: Option<&str>) -> Result<zbus::Connection> {
@@ -228,9 +369,35 @@ async fn connect(app_id: Option<&str>) -> Result<zbus::Connection> {
 }
 
 async fn run(cli: Cli, out: &Out) -> Result<()> {
+    // An endpoint with its keys needs no daemon and no bus.
+    if let Cmd::Send(args) = &cli.command {
+        if let (true, Some(k), Some(a)) = (is_url(&args.target), &args.p256dh, &args.auth) {
+            let p256dh = crypto::b64(k)
+                .ok()
+                .filter(|k| k.len() == 65)
+                .ok_or_else(|| anyhow!("--p256dh must be the subscription's 65-byte public key, base64url-encoded (87 characters)"))?;
+            let auth = crypto::b64(a)
+                .ok()
+                .filter(|a| a.len() == 16)
+                .ok_or_else(|| anyhow!("--auth must be the subscription's 16-byte auth secret, base64url-encoded (22 characters)"))?;
+            let target = SendTarget {
+                endpoint: args.target.clone(),
+                p256dh,
+                auth,
+                has_key: false,
+            };
+            return post(target, args, out).await;
+        }
+    }
+    let acting = Acting(cli.app_id.as_deref());
     let conn = connect(cli.app_id.as_deref()).await?;
     let manager = ManagerProxy::new(&conn).await?;
-    let admin = AdminProxy::new(&conn).await?;
+    // Uncached: a cache filled while the state changes can keep a stale value (zbus drops
+    // changes that arrive before its GetAll answer).
+    let admin = AdminProxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
     match cli.command {
         Cmd::Status => status(&admin, out).await,
         Cmd::List { all } => {
@@ -247,14 +414,21 @@ async fn run(cli: Cli, out: &Out) -> Result<()> {
             };
             let mut rows = Vec::new();
             for p in paths {
-                rows.push(describe(&conn, &p).await?);
+                match describe(&conn, &p).await {
+                    Ok(d) => rows.push(d),
+                    // Removed between the listing and now.
+                    Err(e) if is_dbus_error(&e, &["UnknownObject"]) => {}
+                    Err(e) => return Err(e),
+                }
             }
             print_list(&rows, out);
             Ok(())
         }
         Cmd::Show { target } => {
-            let path = resolve(&manager, &target).await?;
-            let d = describe(&conn, &path).await?;
+            let path = resolve(&manager, &acting, &target).await?;
+            let d = describe(&conn, &path)
+                .await
+                .map_err(|e| path_error(e, path.as_str()))?;
             print_one(&d, out);
             Ok(())
         }
@@ -270,76 +444,124 @@ async fn run(cli: Cli, out: &Out) -> Result<()> {
                 .subscribe(&scope, options)
                 .await
                 .with_context(|| format!("subscribing {scope:?}"))?;
-            let d = describe(&conn, &path).await?;
+            let d = describe_new(&conn, &path).await?;
             print_one(&d, out);
             Ok(())
         }
         Cmd::Unsubscribe { target } => {
-            let removed = if target.starts_with('/') {
-                let p = sub_proxy(&conn, &parse_path(&target)?).await?;
-                p.unsubscribe().await.context("unsubscribing")?;
-                true
+            if let Some(path) = sub_path(&target)? {
+                let p = sub_proxy(&conn, &path).await?;
+                match p.unsubscribe().await {
+                    Ok(()) => {}
+                    // Another app's subscription (from list --all): remove it as the user.
+                    Err(e) if zbus_error_is(&e, &["AccessDenied"]) => admin
+                        .remove(&path.as_ref())
+                        .await
+                        .map_err(|e| path_error(anyhow!(e).context("removing"), &target))?,
+                    Err(e) => return Err(path_error(anyhow!(e).context("unsubscribing"), &target)),
+                }
             } else {
-                manager
+                let removed = manager
                     .unsubscribe(&target)
                     .await
-                    .context("unsubscribing")?
-            };
+                    .map_err(|e| acting.scope_error(e, &target, "unsubscribing".into()))?;
+                if !removed {
+                    return Err(acting.no_subscription(&target));
+                }
+            }
             if out.json {
-                out.json(&json!({ "removed": removed }));
-            } else if removed {
-                println!("Unsubscribed {target}");
+                out.json(&json!({ "removed": true }));
             } else {
-                bail!("no subscription for {target:?}");
+                say!("Unsubscribed {target}");
             }
             Ok(())
         }
         Cmd::Messages { scope } => {
-            let msgs = manager
-                .fetch_messages(&scope)
-                .await
-                .with_context(|| format!("reading messages of {scope:?}"))?;
+            let msgs = manager.fetch_messages(&scope).await.map_err(|e| {
+                acting.scope_error(e, &scope, format!("reading messages of {scope:?}"))
+            })?;
             print_messages(&msgs, out);
             Ok(())
         }
         Cmd::Ack { scope, id } => {
+            // Tell a missing subscription from a missing message.
             manager
-                .ack_message(&scope, &id)
+                .get_subscription(&scope)
                 .await
-                .with_context(|| format!("acknowledging {id}"))?;
+                .map_err(|e| acting.scope_error(e, &scope, format!("finding {scope:?}")))?;
+            manager.ack_message(&scope, &id).await.map_err(|e| {
+                let e = anyhow!(e);
+                if is_dbus_error(&e, &["NotFound"]) {
+                    anyhow!(
+                        "NotFound: no pending message {id:?} for {scope:?} (acknowledged already?); pushctl messages {} lists the pending ones",
+                        shell_word(&scope)
+                    )
+                } else {
+                    e.context(format!("acknowledging {id}"))
+                }
+            })?;
             if out.json {
                 out.json(&json!({ "acknowledged": id }));
             } else {
-                println!("Acknowledged {id}");
+                say!("Acknowledged {id}");
             }
             Ok(())
         }
-        Cmd::Monitor => monitor(&manager, &admin, out).await,
+        Cmd::Monitor => monitor(&conn, &manager, &admin, out).await,
         Cmd::Quota {
-            action: QuotaCmd::Reset { path },
+            action: QuotaCmd::Reset { target },
         } => {
-            let p = parse_path(&path)?;
+            let p = resolve(&manager, &acting, &target).await?;
             admin
                 .reset_quota(&p.as_ref())
                 .await
-                .context("resetting quota")?;
-            if !out.json {
-                println!("Quota reset for {path}");
+                .map_err(|e| path_error(anyhow!(e).context("resetting quota"), p.as_str()))?;
+            if out.json {
+                out.json(&json!({ "reset": p.as_str() }));
             } else {
-                out.json(&json!({ "reset": path }));
+                say!("Quota reset for {target}");
             }
             Ok(())
         }
         Cmd::Reconnect => {
             admin.reconnect().await.context("asking to reconnect")?;
-            if !out.json {
-                println!("Reconnecting");
-            } else {
+            if out.json {
                 out.json(&json!({ "reconnecting": true }));
+            } else {
+                say!("Reconnecting");
             }
             Ok(())
         }
-        Cmd::Send(args) => send(&conn, &manager, args, out).await,
+        Cmd::Send(args) => {
+            let path = match sub_path(&args.target)? {
+                Some(p) => p,
+                None => manager.get_subscription(&args.target).await.map_err(|e| {
+                    let e =
+                        acting.scope_error(e, &args.target, format!("finding {:?}", args.target));
+                    if is_url(&args.target) {
+                        anyhow!(
+                            "{}; to send to an endpoint URL, give --p256dh K and --auth A",
+                            one_line(&e)
+                        )
+                    } else {
+                        e
+                    }
+                })?,
+            };
+            let p = sub_proxy(&conn, &path).await?;
+            let ctx = || format!("reading {}", path.as_str());
+            let target = SendTarget {
+                endpoint: p.endpoint().await.with_context(ctx)?,
+                p256dh: p.get_key("p256dh").await.with_context(ctx)?.into_vec(),
+                auth: p.get_key("auth").await.with_context(ctx)?.into_vec(),
+                has_key: !p
+                    .application_server_key()
+                    .await
+                    .with_context(ctx)?
+                    .is_empty(),
+            };
+            post(target, &args, out).await
+        }
         Cmd::Completions { .. } => unreachable!("handled before connecting"),
     }
 }
@@ -348,15 +570,27 @@ fn parse_path(s: &str) -> Result<OwnedObjectPath> {
     OwnedObjectPath::try_from(s.to_string()).map_err(|_| anyhow!("{s:?} is not an object path"))
 }
 
-async fn resolve(manager: &ManagerProxy<'_>, target: &str) -> Result<OwnedObjectPath> {
-    if target.starts_with('/') {
-        parse_path(target)
+/// A subscription object path, or `None` when `target` is a scope.
+fn sub_path(target: &str) -> Result<Option<OwnedObjectPath>> {
+    if target.starts_with(SUB_PREFIX) {
+        parse_path(target).map(Some)
     } else {
-        manager
-            .get_subscription(target)
-            .await
-            .with_context(|| format!("finding {target:?}"))
+        Ok(None)
     }
+}
+
+async fn resolve(
+    manager: &ManagerProxy<'_>,
+    acting: &Acting<'_>,
+    target: &str,
+) -> Result<OwnedObjectPath> {
+    if let Some(p) = sub_path(target)? {
+        return Ok(p);
+    }
+    manager
+        .get_subscription(target)
+        .await
+        .map_err(|e| acting.scope_error(e, target, format!("finding {target:?}")))
 }
 
 async fn sub_proxy(
@@ -389,6 +623,23 @@ async fn describe(conn: &zbus::Connection, path: &OwnedObjectPath) -> Result<Jso
         "expired": p.expired().await.with_context(ctx)?,
         "created": p.created().await.with_context(ctx)?,
     }))
+}
+
+/// `describe` for a path `Subscribe` just returned: the daemon may answer before the
+/// object is on the bus, so wait for it a little.
+async fn describe_new(conn: &zbus::Connection, path: &OwnedObjectPath) -> Result<Json> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match describe(conn, path).await {
+            Err(e)
+                if is_dbus_error(&e, &["UnknownObject", "UnknownInterface"])
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -461,7 +712,7 @@ fn print_one(d: &Json, out: &Out) {
         ("Created", relative(d["created"].as_i64().unwrap_or(0))),
     ];
     for (k, v) in rows {
-        println!("{:<11} {v}", out.bold(&format!("{k}:")));
+        say!("{} {v}", out.label(k, 11));
     }
 }
 
@@ -471,7 +722,7 @@ fn print_list(rows: &[Json], out: &Out) {
         return;
     }
     if rows.is_empty() {
-        println!("No subscriptions.");
+        say!("No subscriptions.");
         return;
     }
     let table: Vec<[String; 6]> = rows
@@ -520,9 +771,9 @@ fn print_list(rows: &[Json], out: &Out) {
             .trim_end()
             .to_string()
     };
-    println!("{}", out.bold(&line(&header.map(String::from))));
+    say!("{}", out.bold(&line(&header.map(String::from))));
     for r in &table {
-        println!("{}", line(r));
+        say!("{}", line(r));
     }
 }
 
@@ -565,7 +816,7 @@ fn print_messages(msgs: &[webpushd::client::FetchedMessage], out: &Out) {
         return;
     }
     if msgs.is_empty() {
-        println!("No pending messages.");
+        say!("No pending messages.");
         return;
     }
     for (id, payload, meta) in msgs {
@@ -573,12 +824,12 @@ fn print_messages(msgs: &[webpushd::client::FetchedMessage], out: &Out) {
             Some(Value::I64(t)) => relative(*t),
             _ => "?".into(),
         };
-        println!(
+        say!(
             "{} {id}  ({received}, {} bytes)",
             out.bold("Message"),
             payload.len()
         );
-        println!("  {}", preview(payload));
+        say!("  {}", preview(payload));
     }
 }
 
@@ -671,31 +922,50 @@ async fn status(admin: &AdminProxy<'_>, out: &Out) -> Result<()> {
         rows.push(("Last error", err));
     }
     for (k, v) in rows {
-        println!("{:<14} {v}", out.bold(&format!("{k}:")));
+        say!("{} {v}", out.label(k, 14));
     }
     Ok(())
 }
 
-async fn monitor(manager: &ManagerProxy<'_>, admin: &AdminProxy<'_>, out: &Out) -> Result<()> {
+async fn monitor(
+    conn: &zbus::Connection,
+    manager: &ManagerProxy<'_>,
+    admin: &AdminProxy<'_>,
+    out: &Out,
+) -> Result<()> {
     let mut messages = manager.receive_message().await?;
     let mut changed = manager.receive_subscription_changed().await?;
     let mut quota = manager.receive_quota_changed().await?;
     let mut expired = manager.receive_expired().await?;
-    let mut state = admin.receive_state_changed().await;
+    // State changes straight from PropertiesChanged, subscribed to before the state is
+    // read, so that no change is missed between the two.
+    let mut state = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination(ADMIN.0)?
+        .path(ADMIN.1)?
+        .build()
+        .await?
+        .receive_properties_changed()
+        .await?;
     let emit = |kind: &str, fields: Json, text: String| {
         if out.json {
             let mut o = fields;
             o["event"] = json!(kind);
             o["time"] = json!(now_ms());
-            println!("{}", serde_json::to_string(&o).expect("json"));
+            line(&serde_json::to_string(&o).expect("json"));
         } else {
-            println!("{kind:<20} {text}");
+            say!("{kind:<20} {text}");
         }
-        let _ = std::io::stdout().flush();
     };
+    // The current state first: it also tells a reader that every event from here on
+    // will be printed.
+    let mut last_state = admin
+        .state()
+        .await
+        .context("asking webpushd for its state")?;
     if !out.json {
         eprintln!("Monitoring; Ctrl-C to stop.");
     }
+    emit("State", json!({ "state": last_state }), last_state.clone());
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -724,39 +994,59 @@ async fn monitor(manager: &ManagerProxy<'_>, admin: &AdminProxy<'_>, out: &Out) 
                     format!("{} {}", a.scope(), a.reason()));
             }
             Some(s) = state.next() => {
-                let v = s.get().await?;
-                emit("State", json!({"state": v}), v.clone());
+                let a = s.args()?;
+                if a.interface_name().as_str() != ADMIN.2 {
+                    continue;
+                }
+                let v = match a.changed_properties().get("State") {
+                    Some(Value::Str(v)) => v.to_string(),
+                    _ if a.invalidated_properties().contains(&"State") => admin.state().await?,
+                    _ => continue,
+                };
+                if v != last_state {
+                    emit("State", json!({"state": v}), v.clone());
+                    last_state = v;
+                }
             }
             else => return Ok(()),
         }
     }
 }
 
-async fn send(
-    conn: &zbus::Connection,
-    manager: &ManagerProxy<'_>,
-    args: SendArgs,
-    out: &Out,
-) -> Result<()> {
-    let (endpoint, p256dh, auth, has_key) = if args.target.starts_with("https://")
-        || args.target.starts_with("http://")
-    {
-        let (Some(k), Some(a)) = (&args.p256dh, &args.auth) else {
-            bail!("sending to an endpoint URL needs --p256dh and --auth (or give a scope of the acting app)");
-        };
-        let k = crypto::b64(k).map_err(|_| anyhow!("--p256dh is not base64url"))?;
-        let a = crypto::b64(a).map_err(|_| anyhow!("--auth is not base64url"))?;
-        (args.target.clone(), k, a, false)
+/// Where `send` posts, and with which keys.
+struct SendTarget {
+    endpoint: String,
+    p256dh: Vec<u8>,
+    auth: Vec<u8>,
+    /// The subscription is restricted to an application server key.
+    has_key: bool,
+}
+
+/// What the push server said, short: the `message` of an autopush JSON error, or the body.
+fn server_says(body: &str) -> String {
+    let text = serde_json::from_str::<Json>(body)
+        .ok()
+        .and_then(|j| j["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.trim().to_string());
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.chars().count() > 200 {
+        format!("{}…", text.chars().take(200).collect::<String>())
     } else {
-        let path = resolve(manager, &args.target).await?;
-        let p = sub_proxy(conn, &path).await?;
-        (
-            p.endpoint().await?,
-            p.get_key("p256dh").await?.into_vec(),
-            p.get_key("auth").await?.into_vec(),
-            !p.application_server_key().await?.is_empty(),
-        )
-    };
+        text
+    }
+}
+
+fn status_text(status: u16) -> String {
+    match hyper::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+    {
+        Some(reason) => format!("{status} {reason}"),
+        None => status.to_string(),
+    }
+}
+
+async fn post(t: SendTarget, args: &SendArgs, out: &Out) -> Result<()> {
     let payload = match args.data.as_deref() {
         None => Vec::new(),
         Some("-") => {
@@ -772,21 +1062,25 @@ async fn send(
     let key = match &args.vapid_key {
         Some(file) => {
             let pem = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            VapidKey::from_pem(&pem)
-                .with_context(|| format!("{} is not a VAPID private key", file.display()))?
+            VapidKey::from_pem(&pem).with_context(|| {
+                format!(
+                    "{} is not a P-256 private key in PEM (EC PRIVATE KEY or PRIVATE KEY)",
+                    file.display()
+                )
+            })?
         }
         None => VapidKey::generate()?,
     };
     let opts = SendOptions {
         ttl: args.ttl,
-        urgency: args.urgency,
-        topic: args.topic,
+        urgency: args.urgency.clone(),
+        topic: args.topic.clone(),
         aesgcm: args.encoding == "aesgcm",
-        subject: args.subject,
+        subject: args.subject.clone(),
     };
     let resp = tokio::time::timeout(
         Duration::from_secs(40),
-        appserver::send(&endpoint, &p256dh, &auth, &payload, &key, &opts),
+        appserver::send(&t.endpoint, &t.p256dh, &t.auth, &payload, &key, &opts),
     )
     .await
     .map_err(|_| anyhow!("the push server did not answer"))??;
@@ -798,18 +1092,32 @@ async fn send(
             "body": resp.body,
         }));
     } else if ok {
-        println!("{} — the push server accepted the message", resp.status);
-    }
-    if !ok {
-        let mut msg = format!(
-            "the push server answered {}: {}",
-            resp.status,
-            resp.body.trim()
+        say!(
+            "{}: the push server accepted the message",
+            status_text(resp.status)
         );
-        if resp.status == 401 && has_key && args.vapid_key.is_none() {
-            msg.push_str(" (this subscription is restricted to an application server key: pass its private key with --vapid-key)");
-        }
-        bail!(msg);
     }
-    Ok(())
+    if ok {
+        return Ok(());
+    }
+    let said = server_says(&resp.body);
+    let answer = if said.is_empty() {
+        status_text(resp.status)
+    } else {
+        format!("{}: {said}", status_text(resp.status))
+    };
+    let advice = match resp.status {
+        401 | 403 if args.vapid_key.is_some() => {
+            "; the key in --vapid-key FILE is not the one the subscription was created with"
+        }
+        401 | 403 if t.has_key => {
+            "; this subscription only takes pushes signed with its application server key: pass that private key with --vapid-key FILE"
+        }
+        404 | 410 => "; the subscription is gone: the app must subscribe again",
+        413 => "; the payload is too large for the push server (4096 bytes is safe)",
+        _ => "",
+    };
+    Err(anyhow!(
+        "the push server refused the message ({answer}){advice}"
+    ))
 }
