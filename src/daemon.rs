@@ -245,6 +245,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     }
     info!(name = dbus::BUS_NAME, server = %config.server_url.as_str(), "webpushd ready");
     sd_notify("READY=1\nSTATUS=Serving org.webpushd.Push1");
+    // The local push service is on loopback: the network's state does not matter to it.
+    if local.is_none() {
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        tracker.spawn(dbus::system::watch(
+            conn_handle.clone(),
+            cancel.clone(),
+            ready_tx,
+        ));
+        // Connect only once we know whether there is a network (a dropped sender, when
+        // there is no system bus, counts as "go ahead").
+        let _ = tokio::time::timeout(Duration::from_secs(2), ready).await;
+    }
     gate.cancel();
     {
         let (bus, push) = (bus.clone(), push_handle.clone());

@@ -105,6 +105,13 @@ impl Actor {
     }
 
     pub(super) async fn run(mut self) {
+        // Commands queued before the start (the network is down, say) count first.
+        while let Ok(cmd) = self.commands.try_recv() {
+            self.offline_command(cmd);
+        }
+        if !self.online && !self.wait_before_retry().await {
+            return;
+        }
         let mut attempt = 0u64;
         loop {
             attempt += 1;

@@ -11,6 +11,7 @@ pub mod error;
 pub mod identity;
 pub mod manager;
 pub mod subscription;
+pub mod system;
 pub mod unifiedpush;
 
 use std::collections::{HashMap, HashSet};

@@ -164,6 +164,17 @@ impl Daemon {
 
     /// Start without waiting (for startup-failure tests).
     pub fn spawn(bus: &Bus, home: &Path, config: &str, args: &[&str]) -> Daemon {
+        Daemon::spawn_env(bus, home, config, args, &[])
+    }
+
+    /// Start without waiting, with extra environment (e.g. `DBUS_SYSTEM_BUS_ADDRESS`).
+    pub fn spawn_env(
+        bus: &Bus,
+        home: &Path,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let config_dir = home.join("config/webpushd");
         std::fs::create_dir_all(&config_dir).unwrap();
         let config_file = config_dir.join("config.toml");
@@ -183,6 +194,7 @@ impl Daemon {
             .env("XDG_STATE_HOME", home.join("state"))
             .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
             .env("RUST_LOG", "webpushd=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logfile)
