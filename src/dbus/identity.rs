@@ -289,17 +289,17 @@ impl Resolver {
         let all = self.dbus.list_names().await.unwrap_or_default();
         // One snapshot of the table, taken after ListNames: the tracker may update it at
         // any moment, and reading it twice would miss a name moving between the reads.
-        let (mut mine, known): (Vec<String>, HashSet<String>) = {
+        let mut mine: Vec<String> = {
             let t = self.names.lock().expect("names lock");
-            (
-                t.get(unique)
-                    .map(|s| s.iter().cloned().collect())
-                    .unwrap_or_default(),
-                t.values().flatten().cloned().collect(),
-            )
+            t.get(unique)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default()
         };
+        // The table may also still give a name to its previous owner (a release not yet
+        // processed): when it shows none for this caller, ask the bus about every name.
+        let check_all = mine.is_empty();
         for name in all {
-            if !is_reverse_dns(&name) || known.contains(name.as_str()) {
+            if !is_reverse_dns(&name) || !check_all {
                 continue;
             }
             let Ok(bus) = BusName::try_from(name.as_str()) else {

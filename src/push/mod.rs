@@ -599,7 +599,7 @@ impl Push {
                 let res = match self.by_scope.get(&(app, scope.clone())) {
                     Some(id) => Ok(self.info(&self.subs[id])),
                     None => Err(PushError::NotFound(format!(
-                        "no subscription for scope {scope:?}"
+                        "no subscription for scope \"{scope}\""
                     ))),
                 };
                 let _ = reply.send(res);
@@ -643,7 +643,7 @@ impl Push {
                         .pending(*id)
                         .map_err(|e| PushError::Failed(format!("cannot read messages: {e}"))),
                     None => Err(PushError::NotFound(format!(
-                        "no subscription for scope {scope:?}"
+                        "no subscription for scope \"{scope}\""
                     ))),
                 };
                 let _ = reply.send(res);
@@ -661,12 +661,12 @@ impl Push {
                             Ok(())
                         }
                         Ok(false) => Err(PushError::NotFound(format!(
-                            "no pending message {message_id:?} for scope {scope:?}"
+                            "no pending message \"{message_id}\" for scope \"{scope}\""
                         ))),
                         Err(e) => Err(PushError::Failed(format!("cannot acknowledge: {e}"))),
                     },
                     None => Err(PushError::NotFound(format!(
-                        "no subscription for scope {scope:?}"
+                        "no subscription for scope \"{scope}\""
                     ))),
                 };
                 let _ = reply.send(res);

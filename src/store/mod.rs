@@ -412,13 +412,28 @@ impl Store {
         Ok(out)
     }
 
-    /// Insert a new subscription; returns its id.
-    pub fn insert_subscription(&self, s: &SubscriptionRecord) -> Result<i64, StoreError> {
-        self.conn.execute(
-            "INSERT INTO subscriptions (channel_id, app_id, scope, endpoint, private_key, public_key,
+    /// Insert a new subscription; returns its id. Ids are never reused (a deleted
+    /// subscription's object path must not come to name another app's subscription), so
+    /// the highest id ever given is kept in `meta`.
+    pub fn insert_subscription(&mut self, s: &SubscriptionRecord) -> Result<i64, StoreError> {
+        let tx = self.conn.transaction()?;
+        let last: i64 = tx.query_row(
+            "SELECT max(coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_subscription_id'), 0),
+                        coalesce((SELECT max(id) FROM subscriptions), 0))",
+            [],
+            |r| r.get(0),
+        )?;
+        let id = last + 1;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('last_subscription_id', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [id.to_string()],
+        )?;
+        tx.execute(
+            "INSERT INTO subscriptions (id, channel_id, app_id, scope, endpoint, private_key, public_key,
                  auth_secret, app_server_key, push_count, last_push, quota, expired, system, bus_name, created,
                  kind, up_version, description, sandbox)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+             VALUES (?20, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
             params![
                 s.channel_id.as_str(),
                 s.app_id.as_str(),
@@ -439,9 +454,11 @@ impl Store {
                 s.kind.to_columns().1,
                 s.description,
                 s.sandbox.as_deref().unwrap_or(""),
+                id,
             ],
         )?;
-        Ok(self.conn.last_insert_rowid())
+        tx.commit()?;
+        Ok(id)
     }
 
     /// Write every mutable field of a subscription (renewal, server reset, quota, expiry).
@@ -740,6 +757,18 @@ mod tests {
         assert_eq!(subs.len(), 1);
         assert_eq!(subs[0].keys.public_key(), rec.keys.public_key());
         assert_eq!(store.pending(subs[0].id).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn subscription_ids_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        let a = store.insert_subscription(&record(CH, "a")).unwrap();
+        store.delete_subscription(a).unwrap();
+        let b = store
+            .insert_subscription(&record("0d4a2c3e-1b6f-4f0a-8c2d-5e6f7a8b9c0d", "b"))
+            .unwrap();
+        assert!(b > a, "{b} reuses {a}");
     }
 
     #[test]

@@ -441,9 +441,15 @@ impl World {
 
     /// Wait until the daemon reports `connected`.
     pub async fn connected(&self) {
-        let app = App::new(self.bus.connect().await).await;
+        // Uncached: zbus's property cache can keep a value that changed while it filled.
+        let conn = self.bus.connect().await;
+        let admin = AdminProxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap();
         eventually("the daemon to connect", || async {
-            (app.admin.state().await.ok()? == "connected").then_some(())
+            (admin.state().await.ok()? == "connected").then_some(())
         })
         .await;
     }
