@@ -205,16 +205,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     ));
     tracker.spawn(dbus::follow_state(bus.clone(), conn_handle.status()));
     {
-        let (bus, resolver, presence, push, cancel) = (
+        let (bus, resolver, presence, push, cancel, shutdown) = (
             bus.clone(),
             resolver.clone(),
             presence.clone(),
             push_handle.clone(),
             cancel.clone(),
+            shutdown.clone(),
         );
         tracker.spawn(async move {
-            if let Err(e) = dbus::track_presence(bus, resolver, presence, push, cancel).await {
+            if let Err(e) =
+                dbus::track_presence(bus, resolver, presence, push, cancel.clone()).await
+            {
                 warn!(error = %e, "cannot follow the bus: apps' presence unknown");
+                return;
+            }
+            // The signal stream only ends with the connection: the session is over.
+            if !cancel.is_cancelled() {
+                warn!("the session bus went away: stopping");
+                shutdown.cancel();
             }
         });
     }

@@ -516,7 +516,9 @@ async fn appeared(resolver: &Resolver, presence: &Presence, push: &push::Handle,
 
 /// Announce `State` changes of the connection as PropertiesChanged.
 pub async fn follow_state(conn: zbus::Connection, mut status: watch::Receiver<ConnStatus>) {
-    let mut last = status.borrow().state;
+    // The connection starts offline behind the gate; starting from what the watch holds
+    // when this task first runs could miss that first change.
+    let mut last = crate::connection::ConnState::Offline;
     while status.changed().await.is_ok() {
         let state = status.borrow().state;
         if state == last {
