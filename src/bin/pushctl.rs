@@ -92,7 +92,14 @@ enum Cmd {
     /// Reconnect to the push server now
     Reconnect,
     /// Play the application server: encrypt, sign VAPID and POST a push
-    Send(SendArgs),
+    Send(Box<SendArgs>),
+    /// Allow or forbid desktop notifications from an app (administration)
+    Notifications {
+        /// The app id, as `list --all` shows it
+        app: String,
+        #[arg(value_enum, value_name = "on|off")]
+        state: OnOff,
+    },
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
 }
@@ -104,6 +111,12 @@ enum QuotaCmd {
         /// A subscription object path, or a scope of the acting app
         target: String,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(clap::Args, Debug)]
@@ -133,6 +146,127 @@ struct SendArgs {
     encoding: String,
     /// The payload; "-" reads standard input; none sends an empty push
     data: Option<String>,
+    #[command(flatten)]
+    notification: NotificationArgs,
+}
+
+/// `send` options that compose a declarative push message (W3C Push API) instead of DATA:
+/// the daemon shows it as a desktop notification without running the app.
+#[derive(clap::Args, Debug)]
+struct NotificationArgs {
+    /// Send a declarative push message with this notification title (instead of DATA)
+    #[arg(long, value_name = "T", requires = "navigate", conflicts_with = "data")]
+    title: Option<String>,
+    /// The notification's body text
+    #[arg(long, value_name = "B", requires = "title")]
+    body: Option<String>,
+    /// The http(s) URL a click on the notification opens
+    #[arg(long, value_name = "URL", requires = "title", value_parser = http_url)]
+    navigate: Option<String>,
+    /// A tag: a notification with the same tag replaces this one
+    #[arg(long, value_name = "T", requires = "title")]
+    tag: Option<String>,
+    /// A button: its ID, its label and the http(s) URL it opens (repeatable)
+    #[arg(long = "action", value_name = "ID:TITLE:URL", requires = "title", value_parser = parse_action)]
+    actions: Vec<Action>,
+    /// Set the app's launcher badge to N (0 clears it)
+    #[arg(long, value_name = "N", requires = "title")]
+    app_badge: Option<u64>,
+    /// Let a running app handle the message first (shown only if it does not acknowledge it)
+    #[arg(long, requires = "title")]
+    mutable: bool,
+    /// Keep the notification until the user dismisses it
+    #[arg(long, requires = "title")]
+    require_interaction: bool,
+    /// Show the notification without a sound
+    #[arg(long, requires = "title")]
+    silent: bool,
+}
+
+/// One `--action ID:TITLE:URL`.
+#[derive(Clone, Debug)]
+struct Action {
+    id: String,
+    title: String,
+    navigate: String,
+}
+
+/// An absolute http or https URL with a host, as a declarative message's `navigate` must be.
+/// (The daemon takes a message with any other `navigate` as an ordinary payload.)
+fn http_url(s: &str) -> Result<String, String> {
+    let bad = || "not an absolute http:// or https:// URL".to_string();
+    let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(bad());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let host = if host_port.starts_with('[') {
+        host_port.split(']').next().map(|h| &h[1..]).unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    if host.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    Ok(s.to_string())
+}
+
+/// `ID:TITLE:URL`, split at the first two colons: the URL has colons of its own.
+fn parse_action(s: &str) -> Result<Action, String> {
+    let mut parts = s.splitn(3, ':');
+    let (Some(id), Some(title), Some(navigate)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("not ID:TITLE:URL (three parts separated by colons)".into());
+    };
+    if id.is_empty() || title.is_empty() {
+        return Err("the action's ID and TITLE must not be empty".into());
+    }
+    if id == "default" {
+        // Notification servers call a click on the notification itself "default".
+        return Err(
+            "the action ID \"default\" is the notification's own click; choose another".into(),
+        );
+    }
+    Ok(Action {
+        id: id.to_string(),
+        title: title.to_string(),
+        navigate: http_url(navigate).map_err(|e| format!("its URL {navigate:?} is {e}"))?,
+    })
+}
+
+impl NotificationArgs {
+    /// The declarative push message to send, when `--title` was given.
+    fn payload(&self) -> Option<Vec<u8>> {
+        let (title, navigate) = (self.title.as_ref()?, self.navigate.as_ref()?);
+        let mut n = json!({ "title": title, "navigate": navigate });
+        if let Some(b) = &self.body {
+            n["body"] = json!(b);
+        }
+        if let Some(t) = &self.tag {
+            n["tag"] = json!(t);
+        }
+        if !self.actions.is_empty() {
+            n["actions"] = self
+                .actions
+                .iter()
+                .map(|a| json!({ "action": a.id, "title": a.title, "navigate": a.navigate }))
+                .collect();
+        }
+        if self.require_interaction {
+            n["requireInteraction"] = json!(true);
+        }
+        if self.silent {
+            n["silent"] = json!(true);
+        }
+        let mut m = json!({ "web_push": 8030, "notification": n });
+        if let Some(badge) = self.app_badge {
+            m["app_badge"] = json!(badge);
+        }
+        if self.mutable {
+            m["mutable"] = json!(true);
+        }
+        Some(serde_json::to_vec(&m).expect("json values serialise"))
+    }
 }
 
 /// Print one line on standard output. A reader that went away (`pushctl … | head -1`)
@@ -561,6 +695,27 @@ async fn run(cli: Cli, out: &Out) -> Result<()> {
                     .is_empty(),
             };
             post(target, &args, out).await
+        }
+        Cmd::Notifications { app, state } => {
+            let allowed = matches!(state, OnOff::On);
+            admin
+                .set_notifications_allowed(&app, allowed)
+                .await
+                .map_err(|e| {
+                    let e = anyhow!(e);
+                    if is_dbus_error(&e, &["UnknownMethod"]) {
+                        anyhow!("this webpushd cannot show notifications; update it and restart it (systemctl --user restart webpushd)")
+                    } else {
+                        e.context(format!("setting notifications of {app}"))
+                    }
+                })?;
+            let word = if allowed { "on" } else { "off" };
+            if out.json {
+                out.json(&json!({ "app_id": app, "notifications": allowed }));
+            } else {
+                say!("Notifications {word} for {app}");
+            }
+            Ok(())
         }
         Cmd::Completions { .. } => unreachable!("handled before connecting"),
     }
@@ -1048,6 +1203,10 @@ fn status_text(status: u16) -> String {
 
 async fn post(t: SendTarget, args: &SendArgs, out: &Out) -> Result<()> {
     let payload = match args.data.as_deref() {
+        _ if args.notification.title.is_some() => args
+            .notification
+            .payload()
+            .expect("clap: --title requires --navigate"),
         None => Vec::new(),
         Some("-") => {
             let mut v = Vec::new();
