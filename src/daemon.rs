@@ -195,6 +195,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     .map_err(DaemonError::Bus)?;
 
     tracker.spawn(push.run());
+    let notifier = dbus::notify::Notifier::new(bus.clone());
+    tracker.spawn(notifier.clone().follow(cancel.clone()));
     tracker.spawn(dbus::pump(
         bus.clone(),
         domain_rx,
@@ -202,6 +204,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         resolver.clone(),
         presence.clone(),
         uaid,
+        notifier,
     ));
     tracker.spawn(dbus::follow_state(bus.clone(), conn_handle.status()));
     {

@@ -13,6 +13,14 @@ async fn subscribe_and_leave(w: &World, app_id: &str, options: HashMap<&str, Val
     let app = w.bus.app(app_id).await;
     let sub = app.subscribe_with("s", options).await.unwrap();
     app.conn.close().await.unwrap();
+    // Until the daemon has seen the app go, messages would still be free.
+    let observer = App::new(w.bus.connect().await).await;
+    eventually("the daemon to see the app leave", || async {
+        let s = observer.admin.status().await.ok()?;
+        let n: u64 = s.get("apps_connected")?.try_into().ok()?;
+        (n == 0).then_some(())
+    })
+    .await;
     sub
 }
 

@@ -355,6 +355,7 @@ impl Admin {
         put("expired", Value::from(counts.expired));
         put("pending_messages", Value::from(counts.pending_messages));
         put("messages_received", Value::from(counts.messages_received));
+        put("apps_connected", Value::from(counts.apps_connected));
         put("connected_since", Value::from(epoch_ms(s.connected_since)));
         put("last_error", Value::from(s.last_error.unwrap_or_default()));
         put("next_retry", Value::from(epoch_ms(s.next_retry)));
@@ -402,6 +403,25 @@ impl Admin {
             })
             .await?;
         Ok(())
+    }
+
+    /// Allow or forbid `app_id` to show declarative push messages as notifications.
+    async fn set_notifications_allowed(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        app_id: &str,
+        allowed: bool,
+    ) -> Result<(), Error> {
+        self.admin(&hdr).await?;
+        let app = crate::ids::AppId::parse(app_id)?;
+        Ok(self
+            .push
+            .request(|reply| Request::SetNotificationsAllowed {
+                app,
+                allowed,
+                reply,
+            })
+            .await?)
     }
 
     async fn reconnect(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), Error> {

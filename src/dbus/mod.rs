@@ -10,6 +10,7 @@
 pub mod error;
 pub mod identity;
 pub mod manager;
+pub mod notify;
 pub mod subscription;
 pub mod system;
 pub mod unifiedpush;
@@ -203,9 +204,10 @@ pub async fn pump(
     resolver: Arc<Resolver>,
     presence: Arc<Presence>,
     uaid: Arc<Mutex<String>>,
+    notifier: notify::Notifier,
 ) {
     while let Some(ev) = events.recv().await {
-        if let Err(e) = pump_one(&conn, &push, &resolver, &presence, &uaid, ev).await {
+        if let Err(e) = pump_one(&conn, &push, &resolver, &presence, &uaid, &notifier, ev).await {
             warn!(error = %e, "D-Bus update failed");
         }
     }
@@ -217,6 +219,7 @@ async fn pump_one(
     resolver: &Arc<Resolver>,
     presence: &Presence,
     uaid: &Mutex<String>,
+    notifier: &notify::Notifier,
     ev: DomainEvent,
 ) -> zbus::Result<()> {
     match ev {
@@ -235,14 +238,32 @@ async fn pump_one(
                 });
             }
         }
+        DomainEvent::ShowNotification {
+            subscription,
+            declarative,
+            urgency,
+        } => {
+            let notifier = notifier.clone();
+            tokio::spawn(async move {
+                notifier.show(&subscription, &declarative, &urgency).await;
+            });
+        }
         DomainEvent::Message {
             subscription,
             message,
             delivery,
+            flags,
         } => match delivery {
             Delivery::Signal => {
                 let path = subscription_path(subscription.id);
-                let meta = message_meta(&message);
+                let mut meta = message_meta(&message);
+                let mut flag = |k: &str, on: bool| {
+                    if on {
+                        meta.insert(k.into(), Value::from(true).try_to_owned().expect("no fds"));
+                    }
+                };
+                flag("declarative", flags.declarative);
+                flag("notification_shown", flags.notification_shown);
                 for unique in presence.connections(&subscription.app_id) {
                     let emitter = unicast(conn, &unique)?;
                     Manager::message(

@@ -23,6 +23,26 @@ pub struct SubscriptionObject {
 }
 
 impl SubscriptionObject {
+    /// The subscription as the owner loop has it now. Reads go there rather than to the
+    /// copy the event pump keeps (which trails it slightly), so a property read after an
+    /// observed event is never stale.
+    async fn now(&self, hdr: Option<Header<'_>>) -> fdo::Result<SubscriptionInfo> {
+        self.may_read(hdr).await?;
+        let id = self.info.id;
+        match self
+            .push
+            .request(|reply| Request::GetById {
+                app: None,
+                id,
+                reply,
+            })
+            .await
+        {
+            Ok(info) => Ok(info),
+            Err(_) => Ok(self.info.clone()),
+        }
+    }
+
     async fn may_read(&self, hdr: Option<Header<'_>>) -> fdo::Result<()> {
         let Some(hdr) = hdr else {
             return Ok(());
@@ -57,9 +77,10 @@ impl SubscriptionObject {
     /// `p256dh` (65-byte public key) or `auth` (16-byte secret), as nsIPushSubscription.getKey.
     async fn get_key(&self, #[zbus(header)] hdr: Header<'_>, name: &str) -> Result<ByteBuf, Error> {
         self.owner(&hdr).await?;
+        let info = self.now(None).await?;
         match name {
-            "p256dh" => Ok(ByteBuf::from(self.info.p256dh.clone())),
-            "auth" => Ok(ByteBuf::from(self.info.auth.clone())),
+            "p256dh" => Ok(ByteBuf::from(info.p256dh)),
+            "auth" => Ok(ByteBuf::from(info.auth)),
             other => Err(Error::InvalidArgument(format!(
                 "unknown key {other:?}; use \"p256dh\" or \"auth\""
             ))),
@@ -78,32 +99,32 @@ impl SubscriptionObject {
 
     #[zbus(property)]
     async fn scope(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
-        self.may_read(hdr).await?;
-        Ok(self.info.scope.to_string())
+        let info = self.now(hdr).await?;
+        Ok(info.scope.to_string())
     }
 
     #[zbus(property)]
     async fn app_id(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
-        self.may_read(hdr).await?;
-        Ok(self.info.app_id.to_string())
+        let info = self.now(hdr).await?;
+        Ok(info.app_id.to_string())
     }
 
     #[zbus(property(emits_changed_signal = "invalidates"))]
     async fn endpoint(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
-        self.may_read(hdr).await?;
-        Ok(self.info.endpoint.clone())
+        let info = self.now(hdr).await?;
+        Ok(info.endpoint.clone())
     }
 
     #[zbus(property(emits_changed_signal = "invalidates"))]
     async fn p256dh(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<Vec<u8>> {
-        self.may_read(hdr).await?;
-        Ok(self.info.p256dh.clone())
+        let info = self.now(hdr).await?;
+        Ok(info.p256dh.clone())
     }
 
     #[zbus(property(emits_changed_signal = "invalidates"))]
     async fn auth(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<Vec<u8>> {
-        self.may_read(hdr).await?;
-        Ok(self.info.auth.clone())
+        let info = self.now(hdr).await?;
+        Ok(info.auth.clone())
     }
 
     #[zbus(property)]
@@ -111,51 +132,51 @@ impl SubscriptionObject {
         &self,
         #[zbus(header)] hdr: Option<Header<'_>>,
     ) -> fdo::Result<Vec<u8>> {
-        self.may_read(hdr).await?;
-        Ok(self.info.app_server_key.clone())
+        let info = self.now(hdr).await?;
+        Ok(info.app_server_key.clone())
     }
 
     #[zbus(property)]
     async fn push_count(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<u64> {
-        self.may_read(hdr).await?;
-        Ok(self.info.push_count)
+        let info = self.now(hdr).await?;
+        Ok(info.push_count)
     }
 
     #[zbus(property)]
     async fn last_push(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<i64> {
-        self.may_read(hdr).await?;
-        Ok(self.info.last_push)
+        let info = self.now(hdr).await?;
+        Ok(info.last_push)
     }
 
     #[zbus(property)]
     async fn quota(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<i32> {
-        self.may_read(hdr).await?;
-        Ok(self.info.quota)
+        let info = self.now(hdr).await?;
+        Ok(info.quota)
     }
 
     #[zbus(property)]
     async fn quota_applies(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<bool> {
-        self.may_read(hdr).await?;
-        Ok(self.info.quota_applies())
+        let info = self.now(hdr).await?;
+        Ok(info.quota_applies())
     }
 
     #[zbus(property)]
     async fn expired(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<bool> {
-        self.may_read(hdr).await?;
-        Ok(self.info.expired)
+        let info = self.now(hdr).await?;
+        Ok(info.expired)
     }
 
     #[zbus(property)]
     async fn created(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<i64> {
-        self.may_read(hdr).await?;
-        Ok(self.info.created)
+        let info = self.now(hdr).await?;
+        Ok(info.created)
     }
 
     /// `webpush` (this API) or `unifiedpush` (a UnifiedPush registration).
     #[zbus(property)]
     async fn kind(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
-        self.may_read(hdr).await?;
-        Ok(match self.info.kind {
+        let info = self.now(hdr).await?;
+        Ok(match info.kind {
             crate::push::Kind::WebPush => "webpush",
             crate::push::Kind::UnifiedPush(_) => "unifiedpush",
         }
@@ -165,14 +186,14 @@ impl SubscriptionObject {
     /// The activatable name for background delivery (UnifiedPush: the connector's service).
     #[zbus(property)]
     async fn bus_name(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
-        self.may_read(hdr).await?;
-        Ok(self.info.bus_name.clone())
+        let info = self.now(hdr).await?;
+        Ok(info.bus_name.clone())
     }
 
     /// UnifiedPush's registration description; empty otherwise.
     #[zbus(property)]
     async fn description(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
-        self.may_read(hdr).await?;
-        Ok(self.info.description.clone())
+        let info = self.now(hdr).await?;
+        Ok(info.description.clone())
     }
 }

@@ -8,6 +8,7 @@
 //! transaction that stores it has committed. A notification that cannot be stored is not
 //! acknowledged at all, so the server keeps it.
 
+pub mod declarative;
 mod types;
 
 use std::collections::{HashMap, HashSet};
@@ -132,6 +133,9 @@ pub struct Policy {
     pub exempt_apps: Vec<String>,
     pub max_pending: u32,
     pub max_age: Duration,
+    pub notifications_enabled: bool,
+    pub rate_per_minute: u32,
+    pub mutable_grace: Duration,
 }
 
 impl Policy {
@@ -142,6 +146,9 @@ impl Policy {
             exempt_apps: c.quota.exempt_apps.clone(),
             max_pending: c.delivery.max_pending_per_subscription,
             max_age: c.delivery.max_age,
+            notifications_enabled: c.notifications.enabled,
+            rate_per_minute: c.notifications.rate_per_minute,
+            mutable_grace: c.notifications.mutable_grace,
         }
     }
 }
@@ -180,6 +187,21 @@ pub struct Push {
     maintenance: Instant,
     /// `$XDG_DATA_HOME`, where user Flatpak installations live.
     data_home: std::path::PathBuf,
+    /// When each app last had a notification shown, for the rate limit.
+    shown: HashMap<AppId, std::collections::VecDeque<Instant>>,
+    /// Mutable declarative messages offered to their app: shown if not acknowledged by
+    /// the deadline. Keyed by message id.
+    mutable_waiting: HashMap<String, (Instant, i64, declarative::Declarative, String)>,
+}
+
+/// How a decrypted message is presented.
+#[derive(Debug)]
+enum Presentation {
+    Ordinary,
+    /// Shown by the daemon now.
+    Show(declarative::Declarative),
+    /// Offered to the app first; shown if it does not acknowledge within the grace.
+    Mutable(declarative::Declarative),
 }
 
 /// Background delivery retries: 5 s doubling to 10 min.
@@ -226,6 +248,8 @@ impl Push {
             data_home: directories::BaseDirs::new()
                 .map(|b| b.data_dir().to_path_buf())
                 .unwrap_or_default(),
+            shown: HashMap::new(),
+            mutable_waiting: HashMap::new(),
         };
         for rec in push.store.subscriptions()? {
             push.index(rec);
@@ -339,7 +363,8 @@ impl Push {
             Instant::now() + Duration::from_millis(wait)
         });
         let retry = self.retries.values().map(|(at, _)| *at).min();
-        [expiry, retry, Some(self.maintenance)]
+        let grace = self.mutable_waiting.values().map(|w| w.0).min();
+        [expiry, retry, grace, Some(self.maintenance)]
             .into_iter()
             .flatten()
             .min()
@@ -366,6 +391,29 @@ impl Push {
         if now >= self.maintenance {
             self.maintenance = now + MAINTENANCE_EVERY;
             self.housekeeping();
+        }
+        // Mutable messages the app did not take in time: the daemon shows them.
+        let late: Vec<String> = self
+            .mutable_waiting
+            .iter()
+            .filter(|(_, w)| w.0 <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for message_id in late {
+            let Some((_, id, d, urgency)) = self.mutable_waiting.remove(&message_id) else {
+                continue;
+            };
+            let Some(rec) = self.subs.get(&id).cloned() else {
+                continue;
+            };
+            if self.may_show(&rec.app_id) && self.rate_ok(&rec.app_id) {
+                debug!(subscription = id, message = %message_id, "the app did not take a mutable message: showing it");
+                self.emit(DomainEvent::ShowNotification {
+                    subscription: self.info(&rec),
+                    declarative: d,
+                    urgency,
+                });
+            }
         }
     }
 
@@ -410,6 +458,36 @@ impl Push {
             reason,
         });
         self.update_hello();
+    }
+
+    /// Notifications on, and allowed for this app.
+    fn may_show(&self, app: &AppId) -> bool {
+        self.policy.notifications_enabled && self.store.notifications_allowed(app).unwrap_or(true)
+    }
+
+    /// Take one of the app's shows for this minute, if any is left.
+    fn rate_ok(&mut self, app: &AppId) -> bool {
+        let now = Instant::now();
+        let window = self.shown.entry(app.clone()).or_default();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            window.pop_front();
+        }
+        if window.len() >= self.policy.rate_per_minute as usize {
+            return false;
+        }
+        window.push_back(now);
+        true
+    }
+
+    fn show(&self, rec: &SubscriptionRecord, m: &StoredMessage, d: declarative::Declarative) {
+        self.emit(DomainEvent::ShowNotification {
+            subscription: self.info(rec),
+            declarative: d,
+            urgency: m.urgency.clone(),
+        });
     }
 
     /// How a subscription's messages go out while its app is not on the bus, if at all.
@@ -562,6 +640,7 @@ impl Push {
             } => {
                 self.inflight.remove(&message_id);
                 if ok {
+                    self.mutable_waiting.remove(&message_id);
                     self.retries.remove(&subscription);
                     match self.store.ack(subscription, &message_id) {
                         Ok(_) => self.refresh(subscription),
@@ -654,6 +733,7 @@ impl Push {
                 message_id,
                 reply,
             } => {
+                self.mutable_waiting.remove(&message_id);
                 let res = match self.by_scope.get(&(app, scope.clone())).copied() {
                     Some(id) => match self.store.ack(id, &message_id) {
                         Ok(true) => {
@@ -678,6 +758,18 @@ impl Push {
                 }
                 let _ = reply.send(res);
             }
+            Request::SetNotificationsAllowed {
+                app,
+                allowed,
+                reply,
+            } => {
+                let res = self
+                    .store
+                    .set_notifications_allowed(&app, allowed)
+                    .map_err(|e| PushError::Failed(format!("cannot store the permission: {e}")));
+                info!(%app, allowed, "notification permission changed");
+                let _ = reply.send(res);
+            }
             Request::Counts { reply } => {
                 let pending = self
                     .subs
@@ -689,6 +781,11 @@ impl Push {
                     expired: self.subs.values().filter(|s| s.expired).count() as u64,
                     pending_messages: pending,
                     messages_received: self.received,
+                    apps_connected: self
+                        .presence
+                        .keys()
+                        .filter(|app| self.subs.values().any(|s| s.app_id == **app))
+                        .count() as u64,
                 }));
             }
         }
@@ -1022,6 +1119,7 @@ impl Push {
                 subscription: info.clone(),
                 message: m,
                 delivery: delivery.clone(),
+                flags: MessageFlags::default(),
             });
         }
     }
@@ -1033,7 +1131,7 @@ impl Push {
         let mut acks_now: Vec<AckUpdate> = Vec::new();
         let mut items: Vec<BatchItem> = Vec::new();
         // Per item: (ack code, subscription id, expired-by-this-message)
-        let mut plan: Vec<(u16, i64, bool)> = Vec::new();
+        let mut plan: Vec<(u16, i64, bool, Presentation)> = Vec::new();
         let mut counters: HashMap<i64, Counters> = HashMap::new();
         let mut in_batch: HashSet<(ChannelId, String)> = HashSet::new();
 
@@ -1067,6 +1165,28 @@ impl Push {
                 Kind::UnifiedPush(_) => raw_body(&n),
             };
             let background = !self.app_present(&rec.app_id);
+            // A declarative message is shown by the daemon (or, if mutable, offered to the
+            // running app first). Shown notifications are user-visible: no quota.
+            let presentation = match (&decrypted, rec.kind) {
+                (Ok(payload), Kind::WebPush) => {
+                    match declarative::parse(payload) {
+                        Some(d) if self.may_show(&rec.app_id) => {
+                            let app_takes = !background || rec.bus_name.is_some();
+                            if d.mutable && app_takes {
+                                Presentation::Mutable(d)
+                            } else if self.rate_ok(&rec.app_id.clone()) {
+                                Presentation::Show(d)
+                            } else {
+                                info!(subscription = id, "notification rate limit reached: the message waits for the app");
+                                Presentation::Ordinary
+                            }
+                        }
+                        _ => Presentation::Ordinary,
+                    }
+                }
+                _ => Presentation::Ordinary,
+            };
+            let rec = &self.subs[&id];
             let c = counters.entry(id).or_insert(Counters {
                 subscription_id: id,
                 push_count: rec.push_count,
@@ -1077,7 +1197,7 @@ impl Push {
             c.push_count += 1;
             c.last_push = now;
             let mut expires_now = false;
-            if background && c.quota > 0 {
+            if background && c.quota > 0 && !matches!(presentation, Presentation::Show(_)) {
                 c.quota -= 1;
                 if c.quota == 0 {
                     c.expired = true;
@@ -1118,7 +1238,7 @@ impl Push {
                 counters: Some(*c),
                 message,
             });
-            plan.push((code, id, expires_now));
+            plan.push((code, id, expires_now, presentation));
         }
 
         let mut stored = Vec::new();
@@ -1131,7 +1251,7 @@ impl Push {
                     for (sub, msg) in evicted {
                         warn!(subscription = sub, message = %msg, "pending message dropped: delivery.max_pending_per_subscription reached");
                     }
-                    for ((item, outcome), (code, id, expires_now)) in
+                    for ((item, outcome), (code, id, expires_now, presentation)) in
                         items.into_iter().zip(outcomes).zip(plan)
                     {
                         let code = if outcome == Recorded::Duplicate {
@@ -1145,7 +1265,7 @@ impl Push {
                             code,
                         });
                         if outcome == Recorded::Stored {
-                            stored.push((item, id, expires_now));
+                            stored.push((item, id, expires_now, presentation));
                         }
                     }
                 }
@@ -1160,7 +1280,7 @@ impl Push {
 
         // Apply what was committed to memory, then tell the apps.
         let mut touched: Vec<i64> = Vec::new();
-        for (item, id, expires_now) in stored {
+        for (item, id, expires_now, presentation) in stored {
             self.received += 1;
             if let (Some(c), Some(rec)) = (item.counters, self.subs.get_mut(&id)) {
                 let quota_changed = rec.quota != c.quota;
@@ -1174,9 +1294,28 @@ impl Push {
                 let rec = rec.clone();
                 if let Some(m) = item.message {
                     let present = self.app_present(&rec.app_id);
-                    let delivery = match (rec.kind, present) {
-                        (Kind::WebPush, true) => Some(Delivery::Signal),
-                        _ => self.background_delivery(id),
+                    let mut flags = MessageFlags::default();
+                    let delivery = match (&presentation, rec.kind, present) {
+                        // Shown by us: a running app hears of it; a stopped one is not
+                        // started for it (the message waits).
+                        (Presentation::Show(d), _, _) => {
+                            self.show(&rec, &m, d.clone());
+                            flags.notification_shown = true;
+                            present.then_some(Delivery::Signal)
+                        }
+                        (Presentation::Mutable(d), _, _) => {
+                            flags.declarative = true;
+                            let deadline = Instant::now() + self.policy.mutable_grace;
+                            self.mutable_waiting
+                                .insert(m.id.clone(), (deadline, id, d.clone(), m.urgency.clone()));
+                            if present {
+                                Some(Delivery::Signal)
+                            } else {
+                                self.background_delivery(id)
+                            }
+                        }
+                        (Presentation::Ordinary, Kind::WebPush, true) => Some(Delivery::Signal),
+                        (Presentation::Ordinary, _, _) => self.background_delivery(id),
                     };
                     if let Some(delivery) = delivery {
                         if !present {
@@ -1190,6 +1329,7 @@ impl Push {
                             subscription: self.info(&rec),
                             message: m,
                             delivery,
+                            flags,
                         });
                     }
                 }

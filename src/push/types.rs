@@ -164,6 +164,21 @@ pub enum Request {
     Counts {
         reply: Reply<Counts>,
     },
+    SetNotificationsAllowed {
+        app: AppId,
+        allowed: bool,
+        reply: Reply<()>,
+    },
+}
+
+/// Extra metadata of a `Message` for declarative messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageFlags {
+    /// A mutable declarative message: the app may handle it (and acknowledge) before the
+    /// daemon shows it.
+    pub declarative: bool,
+    /// The daemon has shown it as a notification already.
+    pub notification_shown: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -172,6 +187,8 @@ pub struct Counts {
     pub expired: u64,
     pub pending_messages: u64,
     pub messages_received: u64,
+    /// Apps with subscriptions that have a connection on the bus right now.
+    pub apps_connected: u64,
 }
 
 /// How a stored message should reach its app.
@@ -196,6 +213,13 @@ pub enum DomainEvent {
         subscription: SubscriptionInfo,
         message: StoredMessage,
         delivery: Delivery,
+        flags: MessageFlags,
+    },
+    /// Show a declarative message through org.freedesktop.Notifications.
+    ShowNotification {
+        subscription: SubscriptionInfo,
+        declarative: super::declarative::Declarative,
+        urgency: String,
     },
     SubscriptionChanged {
         subscription: SubscriptionInfo,

@@ -664,6 +664,28 @@ impl Store {
         )?)
     }
 
+    /// Whether `app` may show desktop notifications (default: yes).
+    pub fn notifications_allowed(&self, app: &AppId) -> Result<bool, StoreError> {
+        let v: Option<bool> = self
+            .conn
+            .query_row(
+                "SELECT allowed FROM notification_permissions WHERE app_id = ?1",
+                [app.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.unwrap_or(true))
+    }
+
+    pub fn set_notifications_allowed(&self, app: &AppId, allowed: bool) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO notification_permissions (app_id, allowed) VALUES (?1, ?2)
+             ON CONFLICT (app_id) DO UPDATE SET allowed = excluded.allowed",
+            params![app.as_str(), allowed],
+        )?;
+        Ok(())
+    }
+
     /// `PRAGMA integrity_check`, for tests and `pushctl status` diagnostics.
     pub fn integrity_check(&self) -> Result<String, StoreError> {
         Ok(self
