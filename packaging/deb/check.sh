@@ -29,6 +29,7 @@ want=$(sort <<'LIST'
 /usr/share/doc/webpushd/copyright
 /usr/share/fish/vendor_completions.d/pushctl.fish
 /usr/share/man/man1/pushctl.1.gz
+/usr/share/man/man1/webpushd-devserver.1.gz
 /usr/share/man/man1/webpushd.1.gz
 /usr/share/man/man5/webpushd.toml.5.gz
 /usr/share/zsh/vendor-completions/_pushctl
