@@ -235,7 +235,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let flags = RequestNameFlags::DoNotQueue.into();
     match bus.request_name_with_flags(dbus::BUS_NAME, flags).await {
         Ok(RequestNameReply::PrimaryOwner) | Ok(RequestNameReply::AlreadyOwner) => {}
-        Ok(_) => {
+        Ok(_) | Err(zbus::Error::NameTaken) => {
             cancel.cancel();
             return Err(DaemonError::NameTaken(dbus::BUS_NAME));
         }
