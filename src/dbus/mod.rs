@@ -40,6 +40,7 @@ use crate::store::StoredMessage;
 pub const BUS_NAME: &str = "org.webpushd.Push1";
 pub const CLIENT_PATH: &str = "/org/webpushd/Push1/Client";
 pub const CLIENT_INTERFACE: &str = "org.webpushd.Push1.Client";
+const NOTIFICATIONS: &str = "org.freedesktop.Notifications";
 /// How long an activatable app has to take a message.
 const CLIENT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -243,10 +244,7 @@ async fn pump_one(
             declarative,
             urgency,
         } => {
-            let notifier = notifier.clone();
-            tokio::spawn(async move {
-                notifier.show(&subscription, &declarative, &urgency).await;
-            });
+            notifier.show(subscription, declarative, urgency);
         }
         DomainEvent::Message {
             subscription,
@@ -478,6 +476,17 @@ pub async fn track_presence(
         .unique_name()
         .map(|n| n.to_string())
         .unwrap_or_default();
+    // A notification server counts when it runs or can be started by activation.
+    let activatable = dbus
+        .list_activatable_names()
+        .await
+        .map(|names| names.iter().any(|n| n.as_str() == NOTIFICATIONS))
+        .unwrap_or(false);
+    let running = dbus
+        .name_has_owner(BusName::try_from(NOTIFICATIONS)?)
+        .await
+        .unwrap_or(false);
+    push.notification_server(running || activatable).await;
     for name in dbus.list_names().await? {
         if name.starts_with(':') && name.as_str() != me {
             appeared(&resolver, &presence, &push, name.as_str()).await;
@@ -506,6 +515,9 @@ pub async fn track_presence(
                 }
             }
             continue;
+        }
+        if name == NOTIFICATIONS {
+            push.notification_server(new.is_some() || activatable).await;
         }
         if !identity::is_reverse_dns(&name) {
             continue;

@@ -131,6 +131,9 @@ pub struct Notifier {
     tags: Arc<Mutex<HashMap<(AppId, String), u32>>>,
     /// "No notification server" is logged once, not per message.
     warned: Arc<Mutex<bool>>,
+    /// Notifications are shown one at a time, in order: a burst with one tag must end as
+    /// one notification (each `Notify` needs the id the previous one got).
+    queue: tokio::sync::mpsc::UnboundedSender<(SubscriptionInfo, Declarative, String)>,
 }
 
 fn urgency_byte(urgency: &str) -> u8 {
@@ -142,16 +145,31 @@ fn urgency_byte(urgency: &str) -> u8 {
 }
 
 impl Notifier {
+    /// Must be called inside the runtime: it starts the task that shows notifications.
     pub fn new(conn: zbus::Connection) -> Notifier {
-        Notifier {
+        let (queue, mut jobs) = tokio::sync::mpsc::unbounded_channel();
+        let n = Notifier {
             conn,
             shown: Arc::default(),
             tags: Arc::default(),
             warned: Arc::default(),
-        }
+            queue,
+        };
+        let worker = n.clone();
+        tokio::spawn(async move {
+            while let Some((sub, d, urgency)) = jobs.recv().await {
+                worker.show_now(&sub, &d, &urgency).await;
+            }
+        });
+        n
     }
 
-    pub async fn show(&self, sub: &SubscriptionInfo, d: &Declarative, urgency: &str) {
+    /// Queue a notification; they are shown in order.
+    pub fn show(&self, sub: SubscriptionInfo, d: Declarative, urgency: String) {
+        let _ = self.queue.send((sub, d, urgency));
+    }
+
+    async fn show_now(&self, sub: &SubscriptionInfo, d: &Declarative, urgency: &str) {
         let n = &d.notification;
         let entry = desktop_entry(&sub.app_id);
         let app_name = entry.name.clone().unwrap_or_else(|| sub.app_id.to_string());
@@ -254,24 +272,30 @@ impl Notifier {
         let Ok(proxy) = NotificationsProxy::new(&self.conn).await else {
             return;
         };
-        let (Ok(mut invoked), Ok(mut closed)) = (
-            proxy.receive_action_invoked().await,
-            proxy.receive_notification_closed().await,
-        ) else {
+        // One stream for both signals, in the order the server sent them: servers send
+        // ActionInvoked and then NotificationClosed at once, and handling the close first
+        // would lose the click.
+        let Ok(mut signals) = proxy.inner().receive_all_signals().await else {
             return;
         };
         loop {
-            tokio::select! {
+            let msg = tokio::select! {
                 _ = cancel.cancelled() => return,
-                Some(sig) = invoked.next() => {
-                    let Ok(a) = sig.args() else { continue };
+                m = signals.next() => match m { Some(m) => m, None => return },
+            };
+            let header = msg.header();
+            match header.member().map(|m| m.as_str()) {
+                Some("ActionInvoked") => {
+                    let Ok((id, key)) = msg.body().deserialize::<(u32, String)>() else {
+                        continue;
+                    };
                     let target = {
                         let shown = self.shown.lock().expect("shown lock");
-                        shown.get(&a.id).map(|s| {
-                            let url = if a.action_key == "default" {
+                        shown.get(&id).map(|s| {
+                            let url = if key == "default" {
                                 Some(s.navigate.clone())
                             } else {
-                                s.actions.get(a.action_key).cloned()
+                                s.actions.get(&key).cloned()
                             };
                             (s.app.clone(), url)
                         })
@@ -280,13 +304,18 @@ impl Notifier {
                         self.open(&app, &url).await;
                     }
                 }
-                Some(sig) = closed.next() => {
-                    let Ok(a) = sig.args() else { continue };
-                    if let Some(s) = self.shown.lock().expect("shown lock").remove(&a.id) {
-                        self.tags.lock().expect("tags lock").retain(|k, v| !(k.0 == s.app && *v == a.id));
+                Some("NotificationClosed") => {
+                    let Ok((id, _reason)) = msg.body().deserialize::<(u32, u32)>() else {
+                        continue;
+                    };
+                    if let Some(s) = self.shown.lock().expect("shown lock").remove(&id) {
+                        self.tags
+                            .lock()
+                            .expect("tags lock")
+                            .retain(|k, v| !(k.0 == s.app && *v == id));
                     }
                 }
-                else => return,
+                _ => {}
             }
         }
     }

@@ -50,6 +50,9 @@ pub enum Input {
         message_id: String,
         ok: bool,
     },
+    /// Whether a desktop notification server is there to show declarative messages (it has
+    /// an owner on the bus, or can be activated).
+    NotificationServer(bool),
     /// A channel registration finished (started by `Subscribe`, renewal or server reset).
     Registered {
         job: RegisterJob,
@@ -104,6 +107,10 @@ impl Handle {
                 present,
             })
             .await;
+    }
+
+    pub async fn notification_server(&self, available: bool) {
+        let _ = self.tx.send(Input::NotificationServer(available)).await;
     }
 
     pub async fn delivered(&self, subscription: i64, message_id: String, ok: bool) {
@@ -187,6 +194,8 @@ pub struct Push {
     maintenance: Instant,
     /// `$XDG_DATA_HOME`, where user Flatpak installations live.
     data_home: std::path::PathBuf,
+    /// Whether a notification server can show declarative messages; until told, none.
+    notification_server: bool,
     /// When each app last had a notification shown, for the rate limit.
     shown: HashMap<AppId, std::collections::VecDeque<Instant>>,
     /// Mutable declarative messages offered to their app: shown if not acknowledged by
@@ -250,6 +259,7 @@ impl Push {
                 .unwrap_or_default(),
             shown: HashMap::new(),
             mutable_waiting: HashMap::new(),
+            notification_server: false,
         };
         for rec in push.store.subscriptions()? {
             push.index(rec);
@@ -462,7 +472,9 @@ impl Push {
 
     /// Notifications on, and allowed for this app.
     fn may_show(&self, app: &AppId) -> bool {
-        self.policy.notifications_enabled && self.store.notifications_allowed(app).unwrap_or(true)
+        self.notification_server
+            && self.policy.notifications_enabled
+            && self.store.notifications_allowed(app).unwrap_or(true)
     }
 
     /// Take one of the app's shows for this minute, if any is left.
@@ -657,6 +669,12 @@ impl Push {
                 }
             }
             Input::Registered { job, result } => self.registered(job, result),
+            Input::NotificationServer(available) => {
+                if available != self.notification_server {
+                    info!(available, "desktop notification server");
+                }
+                self.notification_server = available;
+            }
         }
     }
 
