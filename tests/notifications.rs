@@ -1117,6 +1117,13 @@ async fn without_a_notification_server_the_message_waits_and_the_daemon_is_fine(
 
     // A notification server that starts later is used for the next one.
     let n = Notifications::start(&w.bus).await;
+    let observer = w.observer().await;
+    eventually("the daemon to see the notification server", || async {
+        let s = observer.admin.status().await.ok()?;
+        let on: bool = s.get("notification_server")?.try_into().ok()?;
+        on.then_some(())
+    })
+    .await;
     send(&sub, &declarative("Now shown", "https://notes.example/")).await;
     n.wait_for("Now shown").await;
     assert!(n.shown().iter().all(|s| s.summary != "Nobody shows this"));

@@ -356,6 +356,10 @@ impl Admin {
         put("pending_messages", Value::from(counts.pending_messages));
         put("messages_received", Value::from(counts.messages_received));
         put("apps_connected", Value::from(counts.apps_connected));
+        put(
+            "notification_server",
+            Value::from(counts.notification_server),
+        );
         put("connected_since", Value::from(epoch_ms(s.connected_since)));
         put("last_error", Value::from(s.last_error.unwrap_or_default()));
         put("next_retry", Value::from(epoch_ms(s.next_retry)));

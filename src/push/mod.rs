@@ -804,6 +804,7 @@ impl Push {
                         .keys()
                         .filter(|app| self.subs.values().any(|s| s.app_id == **app))
                         .count() as u64,
+                    notification_server: self.notification_server,
                 }));
             }
         }

@@ -189,6 +189,8 @@ pub struct Counts {
     pub messages_received: u64,
     /// Apps with subscriptions that have a connection on the bus right now.
     pub apps_connected: u64,
+    /// A desktop notification server can show declarative messages.
+    pub notification_server: bool,
 }
 
 /// How a stored message should reach its app.
