@@ -53,7 +53,7 @@ impl SubscriptionKeys {
             .raw_components()
             .map_err(|e| CryptoError::InvalidKey(e.to_string()))?;
         Ok(SubscriptionKeys {
-            private: Zeroizing::new(comps.private_key().to_vec()),
+            private: pad_scalar(comps.private_key())?,
             public: comps.public_key().to_vec(),
             auth: Zeroizing::new(auth.to_vec()),
         })
@@ -66,7 +66,7 @@ impl SubscriptionKeys {
         public: Vec<u8>,
         auth: Vec<u8>,
     ) -> Result<SubscriptionKeys, CryptoError> {
-        let private = Zeroizing::new(private);
+        let private = pad_scalar(&Zeroizing::new(private))?;
         let auth = Zeroizing::new(auth);
         if public.len() != PUBLIC_KEY_LEN || public[0] != 4 {
             return Err(CryptoError::InvalidKey(
@@ -76,11 +76,6 @@ impl SubscriptionKeys {
         if auth.len() != AUTH_LEN {
             return Err(CryptoError::InvalidKey(
                 "auth secret is not 16 bytes".into(),
-            ));
-        }
-        if private.len() != 32 {
-            return Err(CryptoError::InvalidKey(
-                "private key is not 32 bytes".into(),
             ));
         }
         validate_pair(&private, &public)?;
@@ -106,6 +101,21 @@ impl SubscriptionKeys {
     fn components(&self) -> ece::EcKeyComponents {
         ece::EcKeyComponents::new(self.private.to_vec(), self.public.clone())
     }
+}
+
+/// A P-256 private scalar as exactly 32 big-endian bytes. OpenSSL (through `ece`) hands
+/// out the minimal encoding, so about one key in 256 comes as 31 bytes (a leading zero
+/// byte dropped); rows stored that way by earlier versions are accepted and padded too.
+fn pad_scalar(d: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    if d.is_empty() || d.len() > 32 {
+        return Err(CryptoError::InvalidKey(format!(
+            "private key is {} bytes, not 1-32",
+            d.len()
+        )));
+    }
+    let mut out = Zeroizing::new(vec![0u8; 32]);
+    out[32 - d.len()..].copy_from_slice(d);
+    Ok(out)
 }
 
 fn validate_pair(private: &[u8], public: &[u8]) -> Result<(), CryptoError> {
@@ -366,6 +376,30 @@ mod tests {
                 .is_err()
         );
         assert!(!format!("{k:?}").contains(&format!("{:?}", k.auth())));
+    }
+
+    #[test]
+    fn short_private_scalars_are_padded_and_still_decrypt() {
+        // Find a key whose scalar has a leading zero byte (about one in 256).
+        let keys = loop {
+            let k = SubscriptionKeys::generate().unwrap();
+            if k.private_key()[0] == 0 {
+                break k;
+            }
+        };
+        assert_eq!(keys.private_key().len(), 32);
+        // Stored minimal (31 bytes), as an earlier version may have: still usable.
+        let again = SubscriptionKeys::from_parts(
+            keys.private_key()[1..].to_vec(),
+            keys.public_key().to_vec(),
+            keys.auth().to_vec(),
+        )
+        .unwrap();
+        let enc = encrypt(keys.public_key(), keys.auth(), b"zero", false).unwrap();
+        assert_eq!(
+            decrypt(&again, &Encoding::Aes128gcm, &enc.body).unwrap(),
+            b"zero"
+        );
     }
 
     #[test]

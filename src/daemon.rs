@@ -233,17 +233,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
 
     // Objects are served: now the names, then readiness.
     let flags = RequestNameFlags::DoNotQueue.into();
-    match bus.request_name_with_flags(dbus::BUS_NAME, flags).await {
-        Ok(RequestNameReply::PrimaryOwner) | Ok(RequestNameReply::AlreadyOwner) => {}
-        Ok(_) | Err(zbus::Error::NameTaken) => {
-            cancel.cancel();
-            return Err(DaemonError::NameTaken(dbus::BUS_NAME));
-        }
-        Err(e) => {
-            cancel.cancel();
-            return Err(DaemonError::Bus(e));
-        }
-    }
+    // The distributor name first: whoever waits for org.webpushd.Push1 (systemd's
+    // BusName=, activation) then finds both.
     match bus
         .request_name_with_flags(dbus::unifiedpush::BUS_NAME, flags)
         .await
@@ -254,6 +245,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             name = dbus::unifiedpush::BUS_NAME,
             "cannot own the UnifiedPush distributor name"
         ),
+    }
+    match bus.request_name_with_flags(dbus::BUS_NAME, flags).await {
+        Ok(RequestNameReply::PrimaryOwner) | Ok(RequestNameReply::AlreadyOwner) => {}
+        Ok(_) | Err(zbus::Error::NameTaken) => {
+            cancel.cancel();
+            return Err(DaemonError::NameTaken(dbus::BUS_NAME));
+        }
+        Err(e) => {
+            cancel.cancel();
+            return Err(DaemonError::Bus(e));
+        }
     }
     info!(name = dbus::BUS_NAME, server = %config.server_url.as_str(), "webpushd ready");
     sd_notify("READY=1\nSTATUS=Serving org.webpushd.Push1");

@@ -470,7 +470,19 @@ pub async fn track_presence(
     cancel: CancellationToken,
 ) -> zbus::Result<()> {
     let dbus = DBusProxy::new(&conn).await?;
-    let mut changes = dbus.receive_name_owner_changed().await?;
+    // zbus stops reading the socket while a signal stream's queue is full; this loop makes
+    // D-Bus calls (caller identities) whose replies must be read meanwhile. So a task of
+    // its own drains the stream into an unbounded channel: a burst of apps starting can
+    // never wedge the connection.
+    let mut stream = dbus.receive_name_owner_changed().await?;
+    let (tx, mut changes) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(sig) = stream.next().await {
+            if tx.send(sig).is_err() {
+                break;
+            }
+        }
+    });
     resolver.load_names().await?;
     let me = conn
         .unique_name()
@@ -495,7 +507,7 @@ pub async fn track_presence(
     loop {
         let change = tokio::select! {
             _ = cancel.cancelled() => break,
-            c = changes.next() => match c { Some(c) => c, None => break },
+            c = changes.recv() => match c { Some(c) => c, None => break },
         };
         let Ok(args) = change.args() else { continue };
         let name = args.name().to_string();

@@ -194,6 +194,11 @@ pub struct Push {
     maintenance: Instant,
     /// `$XDG_DATA_HOME`, where user Flatpak installations live.
     data_home: std::path::PathBuf,
+    /// After a failed store: when to reconnect so the server sends the unstored messages
+    /// again.
+    redeliver: Option<Instant>,
+    /// Stores that failed in a row (for the pause before that reconnect).
+    store_failures: u32,
     /// Whether a notification server can show declarative messages; until told, none.
     notification_server: bool,
     /// When each app last had a notification shown, for the rate limit.
@@ -260,6 +265,8 @@ impl Push {
             shown: HashMap::new(),
             mutable_waiting: HashMap::new(),
             notification_server: false,
+            redeliver: None,
+            store_failures: 0,
         };
         for rec in push.store.subscriptions()? {
             push.index(rec);
@@ -374,7 +381,8 @@ impl Push {
         });
         let retry = self.retries.values().map(|(at, _)| *at).min();
         let grace = self.mutable_waiting.values().map(|w| w.0).min();
-        [expiry, retry, grace, Some(self.maintenance)]
+        let redeliver = self.redeliver;
+        [expiry, retry, grace, redeliver, Some(self.maintenance)]
             .into_iter()
             .flatten()
             .min()
@@ -383,6 +391,12 @@ impl Push {
     fn timer(&mut self) {
         let now = Instant::now();
         self.expire_messages();
+        if self.redeliver.is_some_and(|at| at <= now) {
+            info!("asking the server again for the messages that could not be stored");
+            self.redeliver = None;
+            let conn = self.conn.clone();
+            tokio::spawn(async move { conn.reconnect().await });
+        }
         let due: Vec<i64> = self
             .retries
             .iter()
@@ -1281,6 +1295,8 @@ impl Push {
                 .record_batch(&items, now, self.policy.max_pending)
             {
                 Ok((outcomes, evicted)) => {
+                    self.redeliver = None;
+                    self.store_failures = 0;
                     for (sub, msg) in evicted {
                         warn!(subscription = sub, message = %msg, "pending message dropped: delivery.max_pending_per_subscription reached");
                     }
@@ -1303,8 +1319,15 @@ impl Push {
                     }
                 }
                 Err(e) => {
-                    // Not acknowledged: the server keeps these and redelivers them.
-                    error!(error = %e, count = items.len(), "cannot store notifications: not acknowledged");
+                    // Not acknowledged: the server keeps these, but sends them again only
+                    // on a new connection. Reconnect after a pause, longer each time the
+                    // storage still fails.
+                    self.store_failures += 1;
+                    let wait = RETRY_BASE
+                        .saturating_mul(1 << (self.store_failures - 1).min(16))
+                        .min(RETRY_MAX);
+                    error!(error = %e, count = items.len(), retry_in_s = wait.as_secs(), "cannot store notifications: not acknowledged; the server will send them again");
+                    self.redeliver = Some(Instant::now() + wait);
                 }
             }
         }

@@ -388,26 +388,35 @@ impl Store {
             let (p, (ch, app, scope, private, public, auth, kind, up_version, sandbox)) = row?;
             let corrupt =
                 |what: String| StoreError::Corrupt(format!("subscription {}: {what}", p.id));
-            out.push(SubscriptionRecord {
-                id: p.id,
-                channel_id: ChannelId::parse(&ch).map_err(|e| corrupt(e.to_string()))?,
-                app_id: AppId::parse(&app).map_err(|e| corrupt(e.to_string()))?,
-                scope: Scope::parse(&scope).map_err(|e| corrupt(e.to_string()))?,
-                endpoint: p.endpoint,
-                keys: SubscriptionKeys::from_parts(private, public, auth)
-                    .map_err(|e| corrupt(e.to_string()))?,
-                app_server_key: p.app_server_key,
-                push_count: p.push_count,
-                last_push: p.last_push,
-                quota: p.quota,
-                expired: p.expired,
-                system: p.system,
-                bus_name: p.bus_name,
-                created: p.created,
-                kind: Kind::from_columns(&kind, up_version).map_err(corrupt)?,
-                description: p.description,
-                sandbox: (!sandbox.is_empty()).then_some(sandbox),
-            });
+            // One damaged row must not stop the daemon (and every restart after it): it is
+            // left in the file for inspection and skipped. Its channel, if the server still
+            // knows it, is unregistered the first time a message comes for it.
+            let record = (|| -> Result<SubscriptionRecord, StoreError> {
+                Ok(SubscriptionRecord {
+                    id: p.id,
+                    channel_id: ChannelId::parse(&ch).map_err(|e| corrupt(e.to_string()))?,
+                    app_id: AppId::parse(&app).map_err(|e| corrupt(e.to_string()))?,
+                    scope: Scope::parse(&scope).map_err(|e| corrupt(e.to_string()))?,
+                    endpoint: p.endpoint,
+                    keys: SubscriptionKeys::from_parts(private, public, auth)
+                        .map_err(|e| corrupt(e.to_string()))?,
+                    app_server_key: p.app_server_key,
+                    push_count: p.push_count,
+                    last_push: p.last_push,
+                    quota: p.quota,
+                    expired: p.expired,
+                    system: p.system,
+                    bus_name: p.bus_name,
+                    created: p.created,
+                    kind: Kind::from_columns(&kind, up_version).map_err(corrupt)?,
+                    description: p.description,
+                    sandbox: (!sandbox.is_empty()).then_some(sandbox),
+                })
+            })();
+            match record {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::error!(error = %e, "a damaged subscription was skipped"),
+            }
         }
         Ok(out)
     }
