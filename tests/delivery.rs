@@ -179,6 +179,9 @@ async fn a_message_for_a_stopped_app_starts_it_by_activation() {
     .await;
     let p = app.subscription(&sub.path).await;
     assert_eq!(p.push_count().await.unwrap(), 1);
+    // A background delivery costs one unit, and the app's appearance that the delivery
+    // itself caused (within quota.activation_grace) does not give it back.
+    assert_eq!(p.quota().await.unwrap(), 15);
 }
 
 #[tokio::test(flavor = "multi_thread")]

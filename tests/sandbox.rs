@@ -99,3 +99,57 @@ async fn a_flatpak_caller_is_its_app_and_is_kept_in_its_lane() {
     let host = w.bus.app("org.example.Sandboxed").await;
     assert_eq!(host.manager.list_subscriptions().await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriptions_of_an_uninstalled_flatpak_expire_at_startup() {
+    if !can_unshare() {
+        eprintln!("SKIPPED: `unshare -m` is not permitted here (needs root or user namespaces)");
+        return;
+    }
+    let mut w = World::new().await;
+    let root = w.dir.path().join("sandbox-root");
+    let run = |app: &str, args: &[&str]| {
+        let out = sandboxed_pushctl(&w.bus.address, &root, app, args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let gone =
+        tokio::task::block_in_place(|| run("org.example.Gone", &["--json", "subscribe", "s"]));
+    let kept =
+        tokio::task::block_in_place(|| run("org.example.Kept", &["--json", "subscribe", "s"]));
+    // Only org.example.Kept is installed (for the user, as `flatpak --user install` does).
+    std::fs::create_dir_all(
+        w.dir
+            .path()
+            .join(".local/share/flatpak/app/org.example.Kept"),
+    )
+    .unwrap();
+    w.daemon.restart(&w.bus).await;
+
+    let observer = App::new(w.bus.connect().await).await;
+    let path = |v: &serde_json::Value| {
+        zbus::zvariant::OwnedObjectPath::try_from(v["path"].as_str().unwrap().to_string()).unwrap()
+    };
+    let gone_p = observer.subscription(&path(&gone)).await;
+    let kept_p = observer.subscription(&path(&kept)).await;
+    assert!(
+        gone_p.expired().await.unwrap(),
+        "an uninstalled app's subscription expires"
+    );
+    assert!(!kept_p.expired().await.unwrap());
+    // Unregistered from the server: its endpoint is gone.
+    let sub = Sub {
+        path: path(&gone),
+        endpoint: gone["endpoint"].as_str().unwrap().into(),
+        p256dh: webpushd::crypto::b64(gone["p256dh"].as_str().unwrap()).unwrap(),
+        auth: webpushd::crypto::b64(gone["auth"].as_str().unwrap()).unwrap(),
+    };
+    eventually("410 for the removed app", || async {
+        (post(&sub, b"x").await.status == 410).then_some(())
+    })
+    .await;
+}

@@ -67,7 +67,7 @@ enum Cmd {
     Subscribe {
         scope: String,
         /// VAPID application server public key (base64url)
-        #[arg(long, value_name = "K")]
+        #[arg(long, value_name = "K", allow_hyphen_values = true)]
         key: Option<String>,
         /// Ask for a system subscription (no quota)
         #[arg(long)]
@@ -124,10 +124,15 @@ struct SendArgs {
     /// An endpoint URL (with --p256dh and --auth), or a scope of the acting app
     target: String,
     /// The subscription's public key (base64url), with an endpoint URL
-    #[arg(long, value_name = "K", requires = "auth")]
+    #[arg(long, value_name = "K", requires = "auth", allow_hyphen_values = true)]
     p256dh: Option<String>,
     /// The subscription's auth secret (base64url), with an endpoint URL
-    #[arg(long, value_name = "A", requires = "p256dh")]
+    #[arg(
+        long,
+        value_name = "A",
+        requires = "p256dh",
+        allow_hyphen_values = true
+    )]
     auth: Option<String>,
     /// VAPID private key (PEM); a fresh key is used when absent
     #[arg(long, value_name = "FILE")]
@@ -777,6 +782,9 @@ async fn describe(conn: &zbus::Connection, path: &OwnedObjectPath) -> Result<Jso
         "quota_applies": p.quota_applies().await.with_context(ctx)?,
         "expired": p.expired().await.with_context(ctx)?,
         "created": p.created().await.with_context(ctx)?,
+        "kind": p.kind().await.with_context(ctx)?,
+        "bus_name": p.bus_name().await.with_context(ctx)?,
+        "description": p.description().await.with_context(ctx)?,
     }))
 }
 
@@ -866,6 +874,20 @@ fn print_one(d: &Json, out: &Out) {
         ),
         ("Created", relative(d["created"].as_i64().unwrap_or(0))),
     ];
+    let mut rows = rows.to_vec();
+    if d["kind"] == "unifiedpush" {
+        rows.insert(
+            3,
+            (
+                "Kind",
+                "UnifiedPush registration (Scope is its token)".into(),
+            ),
+        );
+        rows.insert(4, ("Service", s("bus_name")));
+        rows.insert(5, ("About", s("description")));
+    } else if !s("bus_name").is_empty() {
+        rows.insert(3, ("Bus name", s("bus_name")));
+    }
     for (k, v) in rows {
         say!("{} {v}", out.label(k, 11));
     }
@@ -894,7 +916,18 @@ fn print_list(rows: &[Json], out: &Out) {
             [
                 id,
                 d["app_id"].as_str().unwrap_or("").to_string(),
-                d["scope"].as_str().unwrap_or("").to_string(),
+                // A UnifiedPush registration is known by its service and description.
+                if d["kind"] == "unifiedpush" {
+                    let desc = d["description"].as_str().unwrap_or("");
+                    let service = d["bus_name"].as_str().unwrap_or("");
+                    if desc.is_empty() {
+                        format!("UnifiedPush {service}")
+                    } else {
+                        format!("UnifiedPush {service} \u{2014} {desc}")
+                    }
+                } else {
+                    d["scope"].as_str().unwrap_or("").to_string()
+                },
                 if quota < 0 {
                     "-".into()
                 } else {
