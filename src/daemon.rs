@@ -120,6 +120,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     }
     info!(state = %config.state_dir.display(), "store opened");
 
+    if config.notifications.fetch_images {
+        warn!("notifications.fetch_images = true is not supported by this version: remote icons and images are never fetched");
+    }
     let cancel = shutdown.child_token();
     let tracker = TaskTracker::new();
 
