@@ -23,6 +23,8 @@
 //! Knobs (environment): `BENCH_MESSAGES` (20000), `BENCH_PACED_SECS` (10),
 //! `BENCH_IDLE_SUBS` (1000), `BENCH_IDLE_SECS` (60), `BENCH_SCALE_SUBS` (10000),
 //! `BENCH_RESTARTS` (5). `BENCH_QUICK=1` makes every default small (about a minute in all).
+//! `BENCH_PERF=FILE` (`BENCH_PERF_PACED=FILE`) samples the daemon with `perf record -g`
+//! during the flat-out (paced) stream.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -549,6 +551,27 @@ async fn stages(bus: &Bus, quick: bool) -> Stages {
         us,
         "fsync each",
     );
+    // What the owner loop asks after every input (`Push::next_timer`) and for every
+    // `SubscriptionInfo` (`Push::info`), with this many 3 KiB messages pending.
+    let per_loop = |store: &Store, st: &mut Stages, pending: usize| {
+        let us = per_call_us(200, |_| {
+            std::hint::black_box(store.next_expiry().unwrap());
+        });
+        st.add(
+            &format!("Store::next_expiry, {pending} pending (every loop turn)"),
+            us,
+            "",
+        );
+        let us = per_call_us(200, |_| {
+            std::hint::black_box(store.pending_count(id).unwrap());
+        });
+        st.add(
+            &format!("Store::pending_count, {pending} pending (every info)"),
+            us,
+            "",
+        );
+    };
+    per_loop(&store, &mut st, n1);
     let mut seq = n1 as u64;
     for batch in [16usize, 128] {
         let rounds = (m / batch).max(2);
@@ -567,6 +590,7 @@ async fn stages(bus: &Bus, quick: bool) -> Stages {
             "",
         );
     }
+    per_loop(&store, &mut st, seq as usize);
     let us = per_call_us(n1, |i| {
         assert!(store.ack(id, &format!("m{i}")).unwrap());
     });
@@ -784,6 +808,25 @@ async fn daemon_stream(
         bus_pid.map_or(f64::NAN, cpu_secs),
         cpu_secs(std::process::id()),
     );
+    // BENCH_PERF=FILE / BENCH_PERF_PACED=FILE: sample the daemon with `perf record`
+    // during the flat-out / paced run.
+    let perf_var = if pace.is_none() {
+        "BENCH_PERF"
+    } else {
+        "BENCH_PERF_PACED"
+    };
+    let perf = match std::env::var_os(perf_var) {
+        Some(out) if n > 500 => Command::new("perf")
+            .args(["record", "-F", "2000", "-g", "-p"])
+            .arg(daemon.pid().to_string())
+            .arg("-o")
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok(),
+        _ => None,
+    };
     let log_before = daemon.log().matches("max_pending_per_subscription").count();
     let targets: Vec<String> = subs.iter().map(|s| s.endpoint.clone()).collect();
     let sent = produce(server.clone(), targets, bodies, pace, t0)
@@ -806,6 +849,11 @@ async fn daemon_stream(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     acker.abort();
+    if let Some(mut p) = perf {
+        // SAFETY: kill(2) on our own child; perf writes its file on SIGINT.
+        unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
+        let _ = p.wait();
+    }
     let cpu1 = (
         cpu_secs(daemon.pid()),
         bus_pid.map_or(f64::NAN, cpu_secs),
@@ -1197,6 +1245,10 @@ async fn run() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = daemon.pid();
     let rss_idle = rss_kib(pid);
+    // Startup leaves a tokio blocking-pool thread that exits after 10 s idle; in a full run
+    // wait for that, so the window sees the steady state (and no thread's count is lost).
+    let settle = if k.idle_secs >= 30 { 11 } else { 0 };
+    tokio::time::sleep(Duration::from_secs(settle)).await;
     let cs0 = context_switches(pid);
     let cpu_idle0 = cpu_secs(pid);
     tokio::time::sleep(Duration::from_secs(k.idle_secs)).await;
@@ -1212,6 +1264,16 @@ async fn run() {
         switches += n1 - n0;
     }
     let gone = cs0.keys().filter(|t| !cs1.contains_key(t)).count();
+    let names = |m: &HashMap<u32, (String, u64)>| {
+        let mut v: Vec<String> = m.values().map(|x| x.0.clone()).collect();
+        v.sort();
+        v.join(",")
+    };
+    println!(
+        "  threads at the start of the window: {}; at the end: {}",
+        names(&cs0),
+        names(&cs1)
+    );
     println!(
         "  RSS after start: {:.1} MiB; context switches over {} s: {switches} ({}); threads {} → {} ({} exited); CPU {:.3} s",
         rss_idle as f64 / 1024.0,
@@ -1266,6 +1328,9 @@ async fn run() {
     let home0 = tmp.path().join("empty");
     let mut d0 = Daemon::spawn(&bus, &home0, &server.ws_url());
     let r0 = wait_bus_ready(&conn, &mut d0, Instant::now()).await;
+    wait_connected(&adm, Instant::now()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_empty = rss_kib(d0.pid());
     d0.stop();
     let mut empty_ready = vec![r0.as_secs_f64() * 1e3];
     let mut empty_connected = Vec::new();
@@ -1282,9 +1347,10 @@ async fn run() {
         "  bus-ready: median {ready_med:.0} ms (runs {ready:.0?}); connected: median {conn_med:.0} ms (runs {connected:.0?})"
     );
     println!(
-        "  with no subscription: bus-ready median {:.0} ms, connected median {:.0} ms",
+        "  with no subscription: bus-ready median {:.0} ms, connected median {:.0} ms, RSS {:.1} MiB",
         median(empty_ready.clone()),
-        median(empty_connected.clone())
+        median(empty_connected.clone()),
+        rss_empty as f64 / 1024.0
     );
     println!(
         "  in-process: Store::open {open_ms:.0} ms, Store::subscriptions() of {loaded} rows {load_ms:.0} ms"
@@ -1332,12 +1398,14 @@ async fn run() {
             "ratio_daemon_to_bare": ratio, "added_p99_ms_at_100": added_p99,
         },
         "idle": {"subscriptions": first, "rss_kib": rss_idle, "window_s": k.idle_secs,
+                 "settle_s": settle, "threads_exited_in_window": gone,
                  "context_switches": switches, "per_thread": per_thread,
                  "cpu_s": cpu_idle1 - cpu_idle0},
         "scale": {"subscriptions": created, "subscribe_per_s": subscribe_rate,
                   "bus_ready_ms": ready, "connected_ms": connected,
                   "bus_ready_ms_median": ready_med, "connected_ms_median": conn_med,
                   "empty_bus_ready_ms": empty_ready, "empty_connected_ms": empty_connected,
+                  "empty_rss_kib": rss_empty,
                   "store_open_ms": open_ms, "store_subscriptions_ms": load_ms,
                   "db_bytes": db_scale, "db_bytes_empty": db_empty,
                   "db_bytes_per_subscription": per_sub, "rss_kib": rss_scale,

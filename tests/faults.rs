@@ -219,6 +219,8 @@ struct Ledger {
     came_back: Vec<(u32, u32)>,
     deliveries: usize,
     ack_errors: usize,
+    /// Message ids whose AckMessage is under way.
+    acking: HashSet<String>,
 }
 
 /// The app's side: note a message, complain if it was acked before the last crash, ack it.
@@ -238,13 +240,19 @@ fn handle(
         if checking.load(Ordering::SeqCst) && l.acked_at_kill.contains(&key) {
             l.came_back.push(key);
         }
+        // One AckMessage at a time per message id (FetchMessages repeats what is pending).
+        if !l.acking.insert(id.clone()) {
+            return;
+        }
     }
     let (ledger, manager) = (ledger.clone(), manager.clone());
     tokio::spawn(async move {
         // Within dbus-daemon's limit of pending replies per connection.
         static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
         let _permit = IN_FLIGHT.acquire().await.unwrap();
-        match manager.ack_message(&scope, &id).await {
+        let result = manager.ack_message(&scope, &id).await;
+        ledger.lock().unwrap().acking.remove(&id);
+        match result {
             Ok(()) => {
                 ledger.lock().unwrap().acked.insert(key);
             }
@@ -384,10 +392,12 @@ async fn sigkill_during_bursts_loses_nothing_and_acked_messages_never_return() {
     // check the file. (An ack the daemon committed but could not answer before the kill
     // is one the app never saw succeed: such a message may come back, and may not.)
     let l_total = rounds as usize * burst as usize;
-    eventually("nothing to be pending any more", || async {
+    // Acks are slow while much is pending (see BENCHMARKS.md), so the long mode gets more.
+    let drain_deadline = Instant::now() + WAIT + Duration::from_millis(5 * l_total as u64);
+    loop {
         let mut pending = 0;
         for scope in ["crash-a", "crash-b"] {
-            for (id, payload, _) in app.manager.fetch_messages(scope).await.ok()? {
+            for (id, payload, _) in app.manager.fetch_messages(scope).await.unwrap_or_default() {
                 pending += 1;
                 handle(
                     &ledger,
@@ -399,10 +409,16 @@ async fn sigkill_during_bursts_loses_nothing_and_acked_messages_never_return() {
                 );
             }
         }
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < drain_deadline,
+            "{pending} messages still pending after acknowledging for {:?}",
+            WAIT + Duration::from_millis(5 * l_total as u64)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        (pending == 0).then_some(())
-    })
-    .await;
+    }
     assert_eq!(s.daemon.stop(), Some(0));
     assert_eq!(integrity(&db_path(&s.daemon.state_dir)), "ok");
     let l = ledger.lock().unwrap();
