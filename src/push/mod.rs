@@ -185,6 +185,8 @@ pub struct Push {
     received: u64,
     /// A connection event read while draining a burst, to handle next.
     held: Option<Event>,
+    /// An input read while gathering a batch of acknowledgements, to handle next.
+    held_input: Option<Input>,
     /// Messages handed to an app by a method call whose answer is still awaited.
     inflight: HashSet<String>,
     /// Subscriptions whose background delivery failed: when to try again, and how many
@@ -256,6 +258,7 @@ impl Push {
             uaid,
             received: 0,
             held: None,
+            held_input: None,
             inflight: HashSet::new(),
             retries: HashMap::new(),
             maintenance: Instant::now() + MAINTENANCE_EVERY,
@@ -347,8 +350,13 @@ impl Push {
                 self.connection_event(ev).await;
                 continue;
             }
+            if let Some(input) = self.held_input.take() {
+                self.input(input).await;
+                continue;
+            }
+            // Not biased: under a stream of notifications, the apps' acknowledgements must
+            // get their turn, or the pending cap evicts what they are about to ack.
             tokio::select! {
-                biased;
                 _ = self.cancel.cancelled() => break,
                 ev = self.conn_events.recv() => match ev {
                     Some(ev) => self.connection_event(ev).await,
@@ -759,30 +767,7 @@ impl Push {
                 };
                 let _ = reply.send(res);
             }
-            Request::Ack {
-                app,
-                scope,
-                message_id,
-                reply,
-            } => {
-                self.mutable_waiting.remove(&message_id);
-                let res = match self.by_scope.get(&(app, scope.clone())).copied() {
-                    Some(id) => match self.store.ack(id, &message_id) {
-                        Ok(true) => {
-                            self.refresh(id);
-                            Ok(())
-                        }
-                        Ok(false) => Err(PushError::NotFound(format!(
-                            "no pending message \"{message_id}\" for scope \"{scope}\""
-                        ))),
-                        Err(e) => Err(PushError::Failed(format!("cannot acknowledge: {e}"))),
-                    },
-                    None => Err(PushError::NotFound(format!(
-                        "no subscription for scope \"{scope}\""
-                    ))),
-                };
-                let _ = reply.send(res);
-            }
+            ack @ Request::Ack { .. } => self.acks(ack),
             Request::ResetQuota { id, reply } => {
                 let res = self.owned(None, id).map(|_| ());
                 if res.is_ok() {
@@ -821,6 +806,78 @@ impl Push {
                     notification_server: self.notification_server,
                 }));
             }
+        }
+    }
+
+    /// `AckMessage`: this one and every other already queued, in one transaction (one
+    /// fsync), so acknowledgements keep up with a stream of notifications.
+    fn acks(&mut self, first: Request) {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && self.held_input.is_none() {
+            match self.inputs.try_recv() {
+                Ok(Input::Request(r @ Request::Ack { .. })) => batch.push(r),
+                Ok(other) => self.held_input = Some(other),
+                Err(_) => break,
+            }
+        }
+        struct One {
+            id: Option<i64>,
+            scope: Scope,
+            message_id: String,
+            reply: Reply<()>,
+        }
+        let items: Vec<One> = batch
+            .into_iter()
+            .filter_map(|r| match r {
+                Request::Ack {
+                    app,
+                    scope,
+                    message_id,
+                    reply,
+                } => Some(One {
+                    id: self.by_scope.get(&(app, scope.clone())).copied(),
+                    scope,
+                    message_id,
+                    reply,
+                }),
+                _ => None,
+            })
+            .collect();
+        let keys: Vec<(i64, &str)> = items
+            .iter()
+            .filter_map(|i| i.id.map(|id| (id, i.message_id.as_str())))
+            .collect();
+        let done = self.store.ack_many(&keys);
+        let mut results = match &done {
+            Ok(v) => v.clone().into_iter(),
+            Err(_) => Vec::new().into_iter(),
+        };
+        let mut touched = Vec::new();
+        for i in items {
+            self.mutable_waiting.remove(&i.message_id);
+            let res = match (i.id, &done) {
+                (None, _) => Err(PushError::NotFound(format!(
+                    "no subscription for scope \"{}\"",
+                    i.scope
+                ))),
+                (Some(_), Err(e)) => Err(PushError::Failed(format!("cannot acknowledge: {e}"))),
+                (Some(id), Ok(_)) => match results.next() {
+                    Some(true) => {
+                        if !touched.contains(&id) {
+                            touched.push(id);
+                        }
+                        Ok(())
+                    }
+                    _ => Err(PushError::NotFound(format!(
+                        "no pending message \"{}\" for scope \"{}\"",
+                        i.message_id, i.scope
+                    ))),
+                },
+            };
+            let _ = i.reply.send(res);
+        }
+        for id in touched {
+            self.refresh(id);
         }
     }
 
@@ -1435,10 +1492,14 @@ fn decrypt_burst(
             Kind::UnifiedPush(_) => raw_body(n),
         })
     };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
+    // Asked once: the answer reads cgroup files.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads = *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8)
+    });
     // A thread costs tens of microseconds; one decryption about two hundred.
     if threads < 2 || batch.len() < 4 {
         return batch.iter().zip(jobs).map(one).collect();

@@ -624,20 +624,35 @@ impl Store {
     }
 
     pub fn pending_count(&self, subscription_id: i64) -> Result<u64, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FROM messages WHERE subscription_id = ?1",
-            [subscription_id],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT count(*) FROM messages WHERE subscription_id = ?1")?
+            .query_row([subscription_id], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// Forget a message the app acknowledged; `false` if there was none.
     pub fn ack(&self, subscription_id: i64, message_id: &str) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
-            "DELETE FROM messages WHERE subscription_id = ?1 AND id = ?2",
-            params![subscription_id, message_id],
-        )?;
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM messages WHERE subscription_id = ?1 AND id = ?2")?
+            .execute(params![subscription_id, message_id])?;
         Ok(n > 0)
+    }
+
+    /// Forget several acknowledged messages in one transaction (one fsync); returns, per
+    /// message, whether it was pending.
+    pub fn ack_many(&mut self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut out = Vec::with_capacity(acks.len());
+        {
+            let mut del =
+                tx.prepare_cached("DELETE FROM messages WHERE subscription_id = ?1 AND id = ?2")?;
+            for (sub, id) in acks {
+                out.push(del.execute(params![sub, id])? > 0);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Delete messages whose time is up; returns (subscription, message id) of each.
@@ -657,11 +672,11 @@ impl Store {
 
     /// The earliest time a pending message expires, to arm one timer for all.
     pub fn next_expiry(&self) -> Result<Option<i64>, StoreError> {
+        // Served by the messages_by_expiry index (the expression must match it).
         Ok(self
             .conn
-            .query_row("SELECT min(received + ttl * 1000) FROM messages", [], |r| {
-                r.get::<_, Option<i64>>(0)
-            })?)
+            .prepare_cached("SELECT min(received + ttl * 1000) FROM messages")?
+            .query_row([], |r| r.get::<_, Option<i64>>(0))?)
     }
 
     /// Drop de-duplication entries older than `before_ms`, except for messages still stored.
