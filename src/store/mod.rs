@@ -642,6 +642,16 @@ impl Store {
     /// Forget several acknowledged messages in one transaction (one fsync); returns, per
     /// message, whether it was pending.
     pub fn ack_many(&mut self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
+        // An acknowledgement lost in a power cut only brings a message back (delivery is
+        // at least once), so it need not wait for an fsync of its own: at low rates that
+        // was half of the daemon's added latency. Storing a message stays FULL.
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = self.ack_many_inner(acks);
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        result
+    }
+
+    fn ack_many_inner(&mut self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
         let tx = self.conn.transaction()?;
         let mut out = Vec::with_capacity(acks.len());
         {
