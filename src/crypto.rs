@@ -142,9 +142,14 @@ fn point_on_curve(raw: &[u8]) -> Result<(), CryptoError> {
     use openssl::ec::{EcGroup, EcPoint};
     use openssl::nid::Nid;
     let bad = |_| CryptoError::InvalidKey("public key is not a point on P-256".into());
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(bad)?;
+    // Building the curve is most of the cost; startup loads every subscription's key.
+    static GROUP: std::sync::OnceLock<Option<EcGroup>> = std::sync::OnceLock::new();
+    let group = GROUP
+        .get_or_init(|| EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).ok())
+        .as_ref()
+        .ok_or_else(|| CryptoError::InvalidKey("P-256 is not available".into()))?;
     let mut ctx = BigNumContext::new().map_err(bad)?;
-    EcPoint::from_bytes(&group, raw, &mut ctx).map_err(bad)?;
+    EcPoint::from_bytes(group, raw, &mut ctx).map_err(bad)?;
     Ok(())
 }
 

@@ -1354,8 +1354,15 @@ impl Push {
                 Ok((outcomes, evicted)) => {
                     self.redeliver = None;
                     self.store_failures = 0;
+                    // Every drop is logged, once per subscription and burst (a flood must not
+                    // become a flood of log lines).
+                    let mut per_sub: HashMap<i64, (usize, String)> = HashMap::new();
                     for (sub, msg) in evicted {
-                        warn!(subscription = sub, message = %msg, "pending message dropped: delivery.max_pending_per_subscription reached");
+                        let e = per_sub.entry(sub).or_insert((0, msg.clone()));
+                        e.0 += 1;
+                    }
+                    for (sub, (count, first)) in per_sub {
+                        warn!(subscription = sub, count, first_message = %first, "pending messages dropped, oldest first: delivery.max_pending_per_subscription reached");
                     }
                     for ((item, outcome), (code, id, expires_now, presentation)) in
                         items.into_iter().zip(outcomes).zip(plan)

@@ -40,6 +40,8 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    #[error("database {0} is locked by another process")]
+    Busy(PathBuf),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("damaged row in the database: {0}")]
@@ -235,6 +237,14 @@ impl Store {
                 },
                 None,
             )),
+            Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                Err(StoreError::Busy(path))
+            }
             Err(e) if e.is_corruption() => {
                 let stamp = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
