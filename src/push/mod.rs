@@ -1386,12 +1386,16 @@ impl Push {
                     // Not acknowledged: the server keeps these, but sends them again only
                     // on a new connection. Reconnect after a pause, longer each time the
                     // storage still fails.
-                    self.store_failures += 1;
-                    let wait = RETRY_BASE
-                        .saturating_mul(1 << (self.store_failures - 1).min(16))
-                        .min(RETRY_MAX);
-                    error!(error = %e, count = items.len(), retry_in_s = wait.as_secs(), "cannot store notifications: not acknowledged; the server will send them again");
-                    self.redeliver = Some(Instant::now() + wait);
+                    // One reconnect per cycle: further failures before it (the rest of the
+                    // burst) must not push it later.
+                    if self.redeliver.is_none() {
+                        self.store_failures += 1;
+                        let wait = RETRY_BASE
+                            .saturating_mul(1 << (self.store_failures - 1).min(16))
+                            .min(RETRY_MAX);
+                        self.redeliver = Some(Instant::now() + wait);
+                    }
+                    error!(error = %e, count = items.len(), "cannot store notifications: not acknowledged; the server will send them again");
                 }
             }
         }
