@@ -24,6 +24,8 @@ use crate::ids::{AppId, ChannelId, Scope, Uaid};
 
 pub const DB_FILE: &str = "webpushd.db";
 pub const LOCK_FILE: &str = "webpushd.lock";
+/// How long a message is safe from the pending cap (see `record_batch`).
+pub const EVICTION_GRACE_MS: i64 = 30_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -577,14 +579,21 @@ impl Store {
         }
         let mut evicted = Vec::new();
         {
+            // The oldest beyond the cap go, but only once they have had EVICTION_GRACE to
+            // be acknowledged: a burst to a running app must not lose what the app is about
+            // to ack. Beyond ten times the cap they go at once, so a flood stays bounded.
             let mut over = tx.prepare_cached(
-                "SELECT id FROM messages WHERE subscription_id = ?1
-                 ORDER BY received DESC, rowid DESC LIMIT -1 OFFSET ?2",
+                "SELECT id FROM (SELECT id, received, row_number() OVER
+                                   (ORDER BY received DESC, rowid DESC) AS n
+                                 FROM messages WHERE subscription_id = ?1)
+                 WHERE n > ?2 AND (received <= ?3 OR n > ?4)",
             )?;
             let mut del = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+            let cutoff = now_ms - EVICTION_GRACE_MS;
+            let hard = (max_pending as i64).saturating_mul(10);
             for sub in touched {
                 let ids: Vec<String> = over
-                    .query_map(params![sub, max_pending], |r| r.get(0))?
+                    .query_map(params![sub, max_pending, cutoff, hard], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 for id in ids {
                     del.execute([&id])?;
@@ -855,22 +864,31 @@ mod tests {
             out,
             vec![Recorded::Stored, Recorded::Duplicate, Recorded::Stored]
         );
+        // Within the grace nothing is dropped; once it has passed, the oldest go.
         let (_, evicted) = store
             .record_batch(&[item("c", 4), item("d", 5)], 5, 3)
             .unwrap();
-        assert_eq!(evicted.len(), 1);
+        assert!(evicted.is_empty());
+        let later = 5 + EVICTION_GRACE_MS;
+        let (_, evicted) = store.record_batch(&[item("e", later)], later, 3).unwrap();
+        assert_eq!(evicted.len(), 2);
         let left: Vec<String> = store
             .pending(id)
             .unwrap()
             .into_iter()
             .map(|m| m.version)
             .collect();
-        assert_eq!(left, vec!["b", "c", "d"]);
+        assert_eq!(left, vec!["c", "d", "e"]);
         // Acknowledged messages stay de-duplicated.
         let first = store.pending(id).unwrap()[0].id.clone();
         assert!(store.ack(id, &first).unwrap());
-        let (out, _) = store.record_batch(&[item("b", 6)], 6, 100).unwrap();
+        let (out, _) = store.record_batch(&[item("c", 6)], 6, 100).unwrap();
         assert_eq!(out, vec![Recorded::Duplicate]);
+        // A flood within the grace is still bounded: ten times the cap.
+        let flood: Vec<_> = (0..25).map(|i| item(&format!("f{i}"), later + 1)).collect();
+        let (_, evicted) = store.record_batch(&flood, later + 1, 2).unwrap();
+        assert_eq!(store.pending(id).unwrap().len(), 20);
+        assert_eq!(evicted.len(), 25 + 2 - 20);
     }
 
     #[test]
