@@ -833,7 +833,7 @@ async fn daemon_stream(
             .ok(),
         _ => None,
     };
-    let log_before = daemon.log().matches("max_pending_per_subscription").count();
+    let log_before = evicted_in(&daemon.log());
     let targets: Vec<String> = subs.iter().map(|s| s.endpoint.clone()).collect();
     let sent = produce(server.clone(), targets, bodies, pace, t0)
         .join()
@@ -875,7 +875,7 @@ async fn daemon_stream(
         .collect();
     let first = sent.first().map_or(0, |s| s.0);
     let secs = (last_rx.saturating_sub(first)) as f64 / 1e9;
-    let evicted = daemon.log().matches("max_pending_per_subscription").count() - log_before;
+    let evicted = evicted_in(&daemon.log()) - log_before;
     StreamResult {
         sent: n,
         received: got,
@@ -1428,4 +1428,18 @@ async fn run() {
     writeln!(f, "{}", serde_json::to_string_pretty(&report).unwrap()).unwrap();
     println!("\nwrote {}", path.display());
     drop(server);
+}
+
+/// Messages dropped by the pending cap, from the daemon's log: one line per subscription and
+/// burst, with `count=N` (or, from older daemons, one line per message).
+fn evicted_in(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("max_pending_per_subscription"))
+        .map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("count="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1)
+        })
+        .sum()
 }
