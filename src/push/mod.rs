@@ -516,9 +516,9 @@ impl Push {
         true
     }
 
-    fn show(&self, rec: &SubscriptionRecord, m: &StoredMessage, d: declarative::Declarative) {
+    fn show(&self, subscription: SubscriptionInfo, m: &StoredMessage, d: declarative::Declarative) {
         self.emit(DomainEvent::ShowNotification {
-            subscription: self.info(rec),
+            subscription,
             declarative: d,
             urgency: m.urgency.clone(),
         });
@@ -1404,6 +1404,9 @@ impl Push {
 
         // Apply what was committed to memory, then tell the apps.
         let mut touched: Vec<i64> = Vec::new();
+        // The burst is committed: each subscription's pending count is fixed for this
+        // loop, so it is counted once per subscription, not once per message.
+        let mut pending: HashMap<i64, u64> = HashMap::new();
         for (item, id, expires_now, presentation) in stored {
             self.received += 1;
             if let (Some(c), Some(rec)) = (item.counters, self.subs.get_mut(&id)) {
@@ -1416,6 +1419,10 @@ impl Push {
                     touched.push(id);
                 }
                 let rec = rec.clone();
+                let count = *pending
+                    .entry(id)
+                    .or_insert_with(|| self.store.pending_count(id).unwrap_or(0));
+                let info = SubscriptionInfo::from_record(&rec, count);
                 if let Some(m) = item.message {
                     let present = self.app_present(&rec.app_id);
                     let mut flags = MessageFlags::default();
@@ -1423,7 +1430,7 @@ impl Push {
                         // Shown by us: a running app hears of it; a stopped one is not
                         // started for it (the message waits).
                         (Presentation::Show(d), _, _) => {
-                            self.show(&rec, &m, d.clone());
+                            self.show(info.clone(), &m, d.clone());
                             flags.notification_shown = true;
                             present.then_some(Delivery::Signal)
                         }
@@ -1450,7 +1457,7 @@ impl Push {
                             self.inflight.insert(m.id.clone());
                         }
                         self.emit(DomainEvent::Message {
-                            subscription: self.info(&rec),
+                            subscription: info.clone(),
                             message: m,
                             delivery,
                             flags,
@@ -1459,7 +1466,7 @@ impl Push {
                 }
                 if quota_changed {
                     self.emit(DomainEvent::QuotaChanged {
-                        subscription: self.info(&rec),
+                        subscription: info.clone(),
                     });
                 }
                 if expires_now {
@@ -1467,7 +1474,7 @@ impl Push {
                     self.conn
                         .unregister(rec.channel_id.clone(), UNREGISTER_QUOTA);
                     self.emit(DomainEvent::Expired {
-                        subscription: self.info(&rec),
+                        subscription: info,
                         reason: "quota",
                     });
                 }
