@@ -8,6 +8,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use zeroize::Zeroizing;
 
+mod backend;
+
 /// Bytes of an uncompressed P-256 point.
 pub const PUBLIC_KEY_LEN: usize = 65;
 /// Bytes of the RFC 8291 authentication secret.
@@ -47,6 +49,7 @@ impl std::fmt::Debug for SubscriptionKeys {
 
 impl SubscriptionKeys {
     pub fn generate() -> Result<SubscriptionKeys, CryptoError> {
+        backend::install();
         let (pair, auth) = ece::generate_keypair_and_auth_secret()
             .map_err(|e| CryptoError::InvalidKey(e.to_string()))?;
         let comps = pair
@@ -124,30 +127,28 @@ fn pad_scalar(d: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
 /// The full check that `private` and `public` are one P-256 key pair.
 pub fn validate_pair(private: &[u8], public: &[u8]) -> Result<(), CryptoError> {
     use openssl::bn::{BigNum, BigNumContext};
-    use openssl::ec::{EcGroup, EcKey, EcPoint};
-    use openssl::nid::Nid;
+    use openssl::ec::{EcKey, EcPoint};
     let bad = |e: openssl::error::ErrorStack| CryptoError::InvalidKey(e.to_string());
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(bad)?;
+    let group = backend::p256().ok_or_else(no_p256)?;
     let mut ctx = BigNumContext::new().map_err(bad)?;
-    let point = EcPoint::from_bytes(&group, public, &mut ctx).map_err(bad)?;
+    let point = EcPoint::from_bytes(group, public, &mut ctx).map_err(bad)?;
     let d = BigNum::from_slice(private).map_err(bad)?;
-    let key = EcKey::from_private_components(&group, &d, &point).map_err(bad)?;
+    let key = EcKey::from_private_components(group, &d, &point).map_err(bad)?;
     key.check_key().map_err(bad)
+}
+
+fn no_p256() -> CryptoError {
+    CryptoError::InvalidKey("P-256 is not available in this OpenSSL".into())
 }
 
 /// Decode a P-256 point: OpenSSL rejects points that are not on the curve. Cheap (no
 /// scalar multiplication, unlike `check_key`).
 fn point_on_curve(raw: &[u8]) -> Result<(), CryptoError> {
     use openssl::bn::BigNumContext;
-    use openssl::ec::{EcGroup, EcPoint};
-    use openssl::nid::Nid;
+    use openssl::ec::EcPoint;
     let bad = |_| CryptoError::InvalidKey("public key is not a point on P-256".into());
-    // Building the curve is most of the cost; startup loads every subscription's key.
-    static GROUP: std::sync::OnceLock<Option<EcGroup>> = std::sync::OnceLock::new();
-    let group = GROUP
-        .get_or_init(|| EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).ok())
-        .as_ref()
-        .ok_or_else(|| CryptoError::InvalidKey("P-256 is not available".into()))?;
+    // The curve is built once: startup loads every subscription's key.
+    let group = backend::p256().ok_or_else(no_p256)?;
     let mut ctx = BigNumContext::new().map_err(bad)?;
     EcPoint::from_bytes(group, raw, &mut ctx).map_err(bad)?;
     Ok(())
@@ -156,8 +157,7 @@ fn point_on_curve(raw: &[u8]) -> Result<(), CryptoError> {
 /// Check an application server (VAPID) key: a 65-byte uncompressed point on P-256.
 pub fn validate_public_key(raw: &[u8]) -> Result<(), CryptoError> {
     use openssl::bn::BigNumContext;
-    use openssl::ec::{EcGroup, EcKey, EcPoint};
-    use openssl::nid::Nid;
+    use openssl::ec::{EcKey, EcPoint};
     if raw.len() != PUBLIC_KEY_LEN || raw[0] != 4 {
         return Err(CryptoError::InvalidKey(format!(
             "expected a {PUBLIC_KEY_LEN}-byte uncompressed P-256 point, got {} bytes",
@@ -165,10 +165,10 @@ pub fn validate_public_key(raw: &[u8]) -> Result<(), CryptoError> {
         )));
     }
     let bad = |_| CryptoError::InvalidKey("not a point on P-256".into());
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(bad)?;
+    let group = backend::p256().ok_or_else(no_p256)?;
     let mut ctx = BigNumContext::new().map_err(bad)?;
-    let point = EcPoint::from_bytes(&group, raw, &mut ctx).map_err(bad)?;
-    EcKey::from_public_key(&group, &point)
+    let point = EcPoint::from_bytes(group, raw, &mut ctx).map_err(bad)?;
+    EcKey::from_public_key(group, &point)
         .and_then(|k| k.check_key())
         .map_err(bad)
 }
@@ -255,6 +255,7 @@ pub fn decrypt(
     encoding: &Encoding,
     body: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
+    backend::install();
     let comps = keys.components();
     // `ece` has internal `unwrap`s; a hostile body must never take the daemon down.
     let result = std::panic::catch_unwind(|| match encoding {
@@ -293,6 +294,7 @@ pub fn encrypt(
         ));
     }
     validate_public_key(p256dh)?;
+    backend::install();
     if aesgcm {
         let block = ece::legacy::encrypt_aesgcm(p256dh, auth, plaintext)
             .map_err(|e| CryptoError::Encrypt(e.to_string()))?;
