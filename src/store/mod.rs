@@ -646,6 +646,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether a notification (channel, version) was already processed: the server sends
+    /// what it holds unacknowledged again on every connection.
+    pub fn seen(&self, channel_id: &ChannelId, version: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM seen WHERE channel_id = ?1 AND version = ?2")?
+            .query_row(params![channel_id.as_str(), version], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     pub fn pending_count(&self, subscription_id: i64) -> Result<u64, StoreError> {
         Ok(self
             .conn
