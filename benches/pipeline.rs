@@ -550,7 +550,9 @@ async fn stages(bus: &Bus, quick: bool) -> Stages {
     let n1 = if quick { 100 } else { 500 };
     let us = per_call_us(n1, |i| {
         let item = batch_item(&rec, id, i as u64, &payload);
-        store.record_batch(&[item], 1, 1_000_000).unwrap();
+        store
+            .record_batch(&[item], 1, 1_000_000, &Default::default())
+            .unwrap();
     });
     st.add(
         "Store::record_batch, 1 message per commit",
@@ -588,7 +590,9 @@ async fn stages(bus: &Bus, quick: bool) -> Stages {
                     batch_item(&rec, id, seq, &payload)
                 })
                 .collect();
-            store.record_batch(&items, 1, 1_000_000).unwrap();
+            store
+                .record_batch(&items, 1, 1_000_000, &Default::default())
+                .unwrap();
         }) / batch as f64;
         st.add(
             &format!("Store::record_batch, {batch} per commit (per message)"),

@@ -1369,9 +1369,18 @@ impl Push {
 
         let mut stored = Vec::new();
         if !items.is_empty() {
+            let running: HashSet<i64> = items
+                .iter()
+                .filter_map(|i| i.message.as_ref().map(|m| m.subscription_id))
+                .filter(|id| {
+                    self.subs
+                        .get(id)
+                        .is_some_and(|r| self.app_present(&r.app_id))
+                })
+                .collect();
             match self
                 .store
-                .record_batch(&items, now, self.policy.max_pending)
+                .record_batch(&items, now, self.policy.max_pending, &running)
             {
                 Ok((outcomes, evicted)) => {
                     self.redeliver = None;

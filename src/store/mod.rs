@@ -12,6 +12,7 @@
 
 mod schema;
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
@@ -26,6 +27,13 @@ pub const DB_FILE: &str = "webpushd.db";
 pub const LOCK_FILE: &str = "webpushd.lock";
 /// How long a message is safe from the pending cap (see `record_batch`).
 pub const EVICTION_GRACE_MS: i64 = 30_000;
+/// Within the grace, how many times the cap is kept for a subscription whose app is not
+/// running (nobody is working through them: a flood stays small)...
+pub const GRACE_BOUND_WAITING: i64 = 10;
+/// ...and for one whose app is running and is sent every message as it comes: its
+/// acknowledgements queue behind the messages on its bus connection, so under a burst
+/// they lag by seconds.
+pub const GRACE_BOUND_RUNNING: i64 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -519,12 +527,14 @@ impl Store {
 
     /// Record a burst of notifications in one transaction. Each item is checked against
     /// what was seen before; duplicates change nothing. Returns one outcome per item, in
-    /// order, and the ids of messages evicted by the pending cap.
+    /// order, and the ids of messages evicted by the pending cap. `running` are the
+    /// subscriptions whose app is running (see `GRACE_BOUND_RUNNING`).
     pub fn record_batch(
         &mut self,
         items: &[BatchItem],
         now_ms: i64,
         max_pending: u32,
+        running: &HashSet<i64>,
     ) -> Result<(Vec<Recorded>, Evicted), StoreError> {
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(items.len());
@@ -581,7 +591,8 @@ impl Store {
         {
             // The oldest beyond the cap go, but only once they have had EVICTION_GRACE to
             // be acknowledged: a burst to a running app must not lose what the app is about
-            // to ack. Beyond ten times the cap they go at once, so a flood stays bounded.
+            // to ack. Beyond GRACE_BOUND_* times the cap they go at once, so a flood stays
+            // bounded.
             // Walks `messages_by_subscription` alone (rowid and received are in the index):
             // reading `id` for every row would read every 3 KiB row's page.
             let mut over = tx.prepare_cached(
@@ -591,8 +602,13 @@ impl Store {
             let mut del =
                 tx.prepare_cached("DELETE FROM messages WHERE rowid = ?1 RETURNING id")?;
             let cutoff = now_ms - EVICTION_GRACE_MS;
-            let hard = (max_pending as i64).saturating_mul(10);
             for sub in touched {
+                let factor = if running.contains(&sub) {
+                    GRACE_BOUND_RUNNING
+                } else {
+                    GRACE_BOUND_WAITING
+                };
+                let hard = (max_pending as i64).saturating_mul(factor);
                 let rows: Vec<(i64, i64)> = over
                     .query_map(params![sub, max_pending], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<Result<_, _>>()?;
@@ -836,6 +852,7 @@ mod tests {
                     }],
                     5,
                     100,
+                    &HashSet::new(),
                 )
                 .unwrap();
             assert_eq!(out, vec![Recorded::Stored]);
@@ -872,8 +889,9 @@ mod tests {
             counters: None,
             message: Some(message(id, CH, v, t)),
         };
+        let none = HashSet::new();
         let (out, _) = store
-            .record_batch(&[item("a", 1), item("a", 2), item("b", 3)], 3, 100)
+            .record_batch(&[item("a", 1), item("a", 2), item("b", 3)], 3, 100, &none)
             .unwrap();
         assert_eq!(
             out,
@@ -881,11 +899,13 @@ mod tests {
         );
         // Within the grace nothing is dropped; once it has passed, the oldest go.
         let (_, evicted) = store
-            .record_batch(&[item("c", 4), item("d", 5)], 5, 3)
+            .record_batch(&[item("c", 4), item("d", 5)], 5, 3, &none)
             .unwrap();
         assert!(evicted.is_empty());
         let later = 5 + EVICTION_GRACE_MS;
-        let (_, evicted) = store.record_batch(&[item("e", later)], later, 3).unwrap();
+        let (_, evicted) = store
+            .record_batch(&[item("e", later)], later, 3, &none)
+            .unwrap();
         assert_eq!(evicted.len(), 2);
         let left: Vec<String> = store
             .pending(id)
@@ -897,13 +917,21 @@ mod tests {
         // Acknowledged messages stay de-duplicated.
         let first = store.pending(id).unwrap()[0].id.clone();
         assert!(store.ack(id, &first).unwrap());
-        let (out, _) = store.record_batch(&[item("c", 6)], 6, 100).unwrap();
+        let (out, _) = store.record_batch(&[item("c", 6)], 6, 100, &none).unwrap();
         assert_eq!(out, vec![Recorded::Duplicate]);
-        // A flood within the grace is still bounded: ten times the cap.
+        // A flood within the grace is still bounded: ten times the cap while the app is
+        // not running, a hundred times while it is.
         let flood: Vec<_> = (0..25).map(|i| item(&format!("f{i}"), later + 1)).collect();
-        let (_, evicted) = store.record_batch(&flood, later + 1, 2).unwrap();
+        let (_, evicted) = store.record_batch(&flood, later + 1, 2, &none).unwrap();
         assert_eq!(store.pending(id).unwrap().len(), 20);
         assert_eq!(evicted.len(), 25 + 2 - 20);
+        let running = HashSet::from([id]);
+        let flood: Vec<_> = (0..250)
+            .map(|i| item(&format!("g{i}"), later + 2))
+            .collect();
+        let (_, evicted) = store.record_batch(&flood, later + 2, 2, &running).unwrap();
+        assert_eq!(store.pending(id).unwrap().len(), 200);
+        assert_eq!(evicted.len(), 250 + 20 - 200);
     }
 
     #[test]
