@@ -194,6 +194,8 @@ pub struct Push {
     retries: HashMap<i64, (Instant, u32)>,
     /// Next daily housekeeping (pruning, uninstalled Flatpak apps).
     maintenance: Instant,
+    /// When to hand memory left over from startup or a burst back to the system.
+    trim_at: Option<Instant>,
     /// `$XDG_DATA_HOME`, where user Flatpak installations live.
     data_home: std::path::PathBuf,
     /// After a failed store: when to reconnect so the server sends the unstored messages
@@ -224,6 +226,8 @@ enum Presentation {
 const RETRY_BASE: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(600);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// How long after startup, or after the first message of a burst, memory is given back.
+const TRIM_AFTER: Duration = Duration::from_secs(3);
 
 impl Push {
     #[allow(clippy::too_many_arguments)]
@@ -262,6 +266,7 @@ impl Push {
             inflight: HashSet::new(),
             retries: HashMap::new(),
             maintenance: Instant::now() + MAINTENANCE_EVERY,
+            trim_at: Some(Instant::now() + TRIM_AFTER),
             data_home: directories::BaseDirs::new()
                 .map(|b| b.data_dir().to_path_buf())
                 .unwrap_or_default(),
@@ -390,10 +395,17 @@ impl Push {
         let retry = self.retries.values().map(|(at, _)| *at).min();
         let grace = self.mutable_waiting.values().map(|w| w.0).min();
         let redeliver = self.redeliver;
-        [expiry, retry, grace, redeliver, Some(self.maintenance)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            expiry,
+            retry,
+            grace,
+            redeliver,
+            self.trim_at,
+            Some(self.maintenance),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn timer(&mut self) {
@@ -419,6 +431,10 @@ impl Push {
             if let Some(d) = self.background_delivery(id) {
                 self.deliver_pending(id, d);
             }
+        }
+        if self.trim_at.is_some_and(|at| at <= now) {
+            self.trim_at = None;
+            self.release_memory();
         }
         if now >= self.maintenance {
             self.maintenance = now + MAINTENANCE_EVERY;
@@ -446,6 +462,19 @@ impl Push {
                     urgency,
                 });
             }
+        }
+    }
+
+    /// Give back what loading the subscriptions or a burst left behind: SQLite's page
+    /// cache and the allocator's free pages. An idle daemon should be small.
+    fn release_memory(&mut self) {
+        if let Err(e) = self.store.release_memory() {
+            debug!(error = %e, "cannot shrink SQLite's cache");
+        }
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only returns free memory to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 
@@ -1217,6 +1246,9 @@ impl Push {
     /// A burst of notifications: decrypt, store in one transaction, then ack, then deliver.
     async fn notifications(&mut self, batch: Vec<Notification>) {
         let now = now_ms();
+        if self.trim_at.is_none() {
+            self.trim_at = Some(Instant::now() + TRIM_AFTER);
+        }
         let ttl = self.policy.max_age.as_secs().min(u32::MAX as u64) as u32;
         let mut acks_now: Vec<AckUpdate> = Vec::new();
         let mut items: Vec<BatchItem> = Vec::new();

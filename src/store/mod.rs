@@ -662,6 +662,13 @@ impl Store {
         Ok(out)
     }
 
+    /// Free the memory SQLite caches for this connection (pages read at startup or
+    /// during a burst); it reads them again when needed.
+    pub fn release_memory(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("PRAGMA shrink_memory")?;
+        Ok(())
+    }
+
     /// Whether a notification (channel, version) was already processed: the server sends
     /// what it holds unacknowledged again on every connection.
     pub fn seen(&self, channel_id: &ChannelId, version: &str) -> Result<bool, StoreError> {
