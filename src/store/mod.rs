@@ -539,6 +539,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(items.len());
         let mut touched = Vec::new();
+        let mut latest: Vec<Counters> = Vec::new();
         {
             let mut seen = tx.prepare_cached(
                 "INSERT OR IGNORE INTO seen (channel_id, version, at) VALUES (?1, ?2, ?3)",
@@ -559,14 +560,13 @@ impl Store {
                     outcomes.push(Recorded::Duplicate);
                     continue;
                 }
+                // Each item carries its subscription's running totals: only the last
+                // fresh one per subscription needs writing, once, below.
                 if let Some(c) = &item.counters {
-                    counters.execute(params![
-                        c.subscription_id,
-                        c.push_count as i64,
-                        c.last_push,
-                        c.quota,
-                        c.expired
-                    ])?;
+                    match latest.iter_mut().find(|l| l.subscription_id == c.subscription_id) {
+                        Some(l) => *l = *c,
+                        None => latest.push(*c),
+                    }
                 }
                 if let Some(m) = &item.message {
                     insert.execute(params![
@@ -585,6 +585,15 @@ impl Store {
                     }
                 }
                 outcomes.push(Recorded::Stored);
+            }
+            for c in latest {
+                counters.execute(params![
+                    c.subscription_id,
+                    c.push_count as i64,
+                    c.last_push,
+                    c.quota,
+                    c.expired
+                ])?;
             }
         }
         let mut evicted = Vec::new();
