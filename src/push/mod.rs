@@ -1399,6 +1399,12 @@ impl Push {
             plan.push((code, id, expires_now, presentation));
         }
 
+        if !signalled.is_empty() {
+            // The D-Bus side was woken on this thread (tokio runs it next here, and other
+            // threads cannot take it): let it write those signals before the commit's
+            // fsync, or they wait for it after all.
+            tokio::task::yield_now().await;
+        }
         let mut stored = Vec::new();
         if !items.is_empty() {
             let running: HashSet<i64> = items

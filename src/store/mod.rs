@@ -563,7 +563,10 @@ impl Store {
                 // Each item carries its subscription's running totals: only the last
                 // fresh one per subscription needs writing, once, below.
                 if let Some(c) = &item.counters {
-                    match latest.iter_mut().find(|l| l.subscription_id == c.subscription_id) {
+                    match latest
+                        .iter_mut()
+                        .find(|l| l.subscription_id == c.subscription_id)
+                    {
                         Some(l) => *l = *c,
                         None => latest.push(*c),
                     }
