@@ -313,8 +313,7 @@ impl Push {
     }
 
     fn info(&self, r: &SubscriptionRecord) -> SubscriptionInfo {
-        let pending = self.store.pending_count(r.id).unwrap_or(0);
-        SubscriptionInfo::from_record(r, pending)
+        SubscriptionInfo::from_record(r)
     }
 
     fn emit(&self, e: DomainEvent) {
@@ -930,7 +929,7 @@ impl Push {
         }
         self.retries.remove(&id);
         info!(subscription = id, app = %rec.app_id, "unsubscribed");
-        self.emit(DomainEvent::Removed(SubscriptionInfo::from_record(&rec, 0)));
+        self.emit(DomainEvent::Removed(SubscriptionInfo::from_record(&rec)));
         self.update_hello();
         Ok(true)
     }
@@ -1383,7 +1382,7 @@ impl Push {
                 if matches!(self.store.seen(&n.channel_id, &n.version), Ok(false)) {
                     signalled.insert(m.id.clone());
                     self.emit(DomainEvent::Message {
-                        subscription: SubscriptionInfo::from_record(rec, 0),
+                        subscription: SubscriptionInfo::from_record(rec),
                         message: m.clone(),
                         delivery: Delivery::Signal,
                         flags: MessageFlags::default(),
@@ -1473,9 +1472,6 @@ impl Push {
 
         // Apply what was committed to memory, then tell the apps.
         let mut touched: Vec<i64> = Vec::new();
-        // The burst is committed: each subscription's pending count is fixed for this
-        // loop, so it is counted once per subscription, not once per message.
-        let mut pending: HashMap<i64, u64> = HashMap::new();
         for (item, id, expires_now, presentation) in stored {
             self.received += 1;
             if let (Some(c), Some(rec)) = (item.counters, self.subs.get_mut(&id)) {
@@ -1488,10 +1484,7 @@ impl Push {
                     touched.push(id);
                 }
                 let rec = rec.clone();
-                let count = *pending
-                    .entry(id)
-                    .or_insert_with(|| self.store.pending_count(id).unwrap_or(0));
-                let info = SubscriptionInfo::from_record(&rec, count);
+                let info = SubscriptionInfo::from_record(&rec);
                 if let Some(m) = item.message {
                     let present = self.app_present(&rec.app_id);
                     let mut flags = MessageFlags::default();

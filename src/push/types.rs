@@ -23,7 +23,6 @@ pub struct SubscriptionInfo {
     pub expired: bool,
     pub created: i64,
     pub bus_name: String,
-    pub pending: u64,
     pub kind: Kind,
     pub description: String,
     /// `flatpak`, `snap`, or empty: where the owner's app id came from.
@@ -31,7 +30,7 @@ pub struct SubscriptionInfo {
 }
 
 impl SubscriptionInfo {
-    pub fn from_record(r: &SubscriptionRecord, pending: u64) -> SubscriptionInfo {
+    pub fn from_record(r: &SubscriptionRecord) -> SubscriptionInfo {
         SubscriptionInfo {
             id: r.id,
             app_id: r.app_id.clone(),
@@ -47,7 +46,6 @@ impl SubscriptionInfo {
             expired: r.expired,
             created: r.created,
             bus_name: r.bus_name.clone().unwrap_or_default(),
-            pending,
             kind: r.kind,
             description: r.description.clone(),
             sandbox: r.sandbox.clone().unwrap_or_default(),
