@@ -198,3 +198,50 @@ async fn the_app_hears_quota_changes_and_admin_can_reset_and_remove() {
     })
     .await;
 }
+
+/// Someone watching a subscription (a settings panel, `pushctl monitor`) hears the new
+/// counters from PropertiesChanged itself, values included, in one signal per message.
+#[tokio::test(flavor = "multi_thread")]
+async fn watchers_get_the_new_counters_in_properties_changed() {
+    use futures_util::StreamExt;
+    let w = World::new().await;
+    let sub = subscribe_and_leave(&w, "org.example.Watched", HashMap::new()).await;
+    let watcher = App::new(w.bus.connect().await).await;
+    let props = zbus::fdo::PropertiesProxy::builder(&watcher.conn)
+        .destination("org.webpushd.Push1")
+        .unwrap()
+        .path(sub.path.clone())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let mut changes = props.receive_properties_changed().await.unwrap();
+    post(&sub, b"one").await;
+    let sig = next(&mut changes, "PropertiesChanged").await;
+    let a = sig.args().unwrap();
+    assert_eq!(
+        a.interface_name().as_str(),
+        "org.webpushd.Push1.Subscription"
+    );
+    let ch = a.changed_properties();
+    let get = |k: &str| ch.get(k).unwrap_or_else(|| panic!("{k} not in {ch:?}"));
+    assert_eq!(u64::try_from(get("PushCount")).unwrap(), 1);
+    assert_eq!(i32::try_from(get("Quota")).unwrap(), 15);
+    assert!(bool::try_from(get("QuotaApplies")).unwrap());
+    assert!(i64::try_from(get("LastPush")).unwrap() > 0);
+    assert!(a.invalidated_properties().is_empty());
+    // The next message: the next values, not a second signal for the first.
+    post(&sub, b"two").await;
+    let sig = next(&mut changes, "PropertiesChanged").await;
+    let a = sig.args().unwrap();
+    assert_eq!(
+        u64::try_from(a.changed_properties().get("PushCount").unwrap()).unwrap(),
+        2
+    );
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), changes.next())
+            .await
+            .is_err(),
+        "more than one PropertiesChanged per message"
+    );
+}

@@ -398,29 +398,41 @@ pub(crate) async fn ensure_object(
         let mut obj = iface.get_mut().await;
         std::mem::replace(&mut obj.info, info.clone())
     };
-    let obj = iface.get().await;
-    let em = iface.signal_emitter();
+    // One PropertiesChanged with the new values at hand. (The generated `*_changed`
+    // helpers send a signal each and ask the owner loop for each value through the getter:
+    // two round trips and two signals per subscription and burst.)
+    let mut changed: std::collections::HashMap<&str, Value<'_>> = Default::default();
+    let mut invalidated: Vec<&str> = Vec::new();
     if old.endpoint != info.endpoint {
-        obj.endpoint_invalidate(em).await?;
+        invalidated.push("Endpoint");
     }
     if old.p256dh != info.p256dh {
-        obj.p256dh_invalidate(em).await?;
+        invalidated.push("P256dh");
     }
     if old.auth != info.auth {
-        obj.auth_invalidate(em).await?;
+        invalidated.push("Auth");
     }
     if old.push_count != info.push_count {
-        obj.push_count_changed(em).await?;
+        changed.insert("PushCount", Value::from(info.push_count));
     }
     if old.last_push != info.last_push {
-        obj.last_push_changed(em).await?;
+        changed.insert("LastPush", Value::from(info.last_push));
     }
     if old.quota != info.quota {
-        obj.quota_changed(em).await?;
-        obj.quota_applies_changed(em).await?;
+        changed.insert("Quota", Value::from(info.quota));
+        changed.insert("QuotaApplies", Value::from(info.quota_applies()));
     }
     if old.expired != info.expired {
-        obj.expired_changed(em).await?;
+        changed.insert("Expired", Value::from(info.expired));
+    }
+    if !changed.is_empty() || !invalidated.is_empty() {
+        zbus::fdo::Properties::properties_changed(
+            iface.signal_emitter(),
+            <SubscriptionObject as zbus::object_server::Interface>::name(),
+            changed,
+            invalidated.into(),
+        )
+        .await?;
     }
     Ok(())
 }
