@@ -182,6 +182,15 @@ fn rss_kib(pid: u32) -> u64 {
     status_field(pid, None, "VmRSS").unwrap_or(0)
 }
 
+/// (anonymous, file-backed) resident KiB: the daemon's own allocations, and the pages of
+/// its binary and libraries (clean, shared, reclaimable).
+fn rss_split_kib(pid: u32) -> (u64, u64) {
+    (
+        status_field(pid, None, "RssAnon").unwrap_or(0),
+        status_field(pid, None, "RssFile").unwrap_or(0),
+    )
+}
+
 /// Thread id → (name, voluntary + involuntary context switches).
 fn context_switches(pid: u32) -> HashMap<u32, (String, u64)> {
     let mut out = HashMap::new();
@@ -1255,6 +1264,7 @@ async fn run() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = daemon.pid();
     let rss_idle = rss_kib(pid);
+    let (anon_idle, file_idle) = rss_split_kib(pid);
     // Startup leaves a tokio blocking-pool thread that exits after 10 s idle; in a full run
     // wait for that, so the window sees the steady state (and no thread's count is lost).
     let settle = if k.idle_secs >= 30 { 11 } else { 0 };
@@ -1264,6 +1274,13 @@ async fn run() {
     tokio::time::sleep(Duration::from_secs(k.idle_secs)).await;
     let cs1 = context_switches(pid);
     let cpu_idle1 = cpu_secs(pid);
+    let rss_end = rss_kib(pid);
+    let (anon_end, file_end) = rss_split_kib(pid);
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "  RSS 1 s after start {:.1} MiB (anonymous {:.1}, files {:.1}); after the idle window {:.1} MiB (anonymous {:.1}, files {:.1})",
+        mib(rss_idle), mib(anon_idle), mib(file_idle), mib(rss_end), mib(anon_end), mib(file_end)
+    );
     let mut switches = 0;
     let mut per_thread = Vec::new();
     for (tid, (name, n1)) in &cs1 {
@@ -1408,6 +1425,8 @@ async fn run() {
             "ratio_daemon_to_bare": ratio, "added_p99_ms_at_100": added_p99,
         },
         "idle": {"subscriptions": first, "rss_kib": rss_idle, "window_s": k.idle_secs,
+                 "rss_anon_kib": anon_idle, "rss_file_kib": file_idle, "rss_end_kib": rss_end,
+                 "rss_end_anon_kib": anon_end, "rss_end_file_kib": file_end,
                  "settle_s": settle, "threads_exited_in_window": gone,
                  "context_switches": switches, "per_thread": per_thread,
                  "cpu_s": cpu_idle1 - cpu_idle0},
