@@ -880,7 +880,8 @@ impl Push {
             Ok(v) => v.clone().into_iter(),
             Err(_) => Vec::new().into_iter(),
         };
-        let mut touched = Vec::new();
+        // Nothing an app can see of a subscription changes with an ack (its pending
+        // messages are read from the store when asked): no Updated event.
         for i in items {
             self.mutable_waiting.remove(&i.message_id);
             let res = match (i.id, &done) {
@@ -889,13 +890,8 @@ impl Push {
                     i.scope
                 ))),
                 (Some(_), Err(e)) => Err(PushError::Failed(format!("cannot acknowledge: {e}"))),
-                (Some(id), Ok(_)) => match results.next() {
-                    Some(true) => {
-                        if !touched.contains(&id) {
-                            touched.push(id);
-                        }
-                        Ok(())
-                    }
+                (Some(_), Ok(_)) => match results.next() {
+                    Some(true) => Ok(()),
                     _ => Err(PushError::NotFound(format!(
                         "no pending message \"{}\" for scope \"{}\"",
                         i.message_id, i.scope
@@ -903,9 +899,6 @@ impl Push {
                 },
             };
             let _ = i.reply.send(res);
-        }
-        for id in touched {
-            self.refresh(id);
         }
     }
 
