@@ -583,7 +583,7 @@ async fn stages(bus: &Bus, quick: bool) -> Stages {
             std::hint::black_box(store.pending_count(id).unwrap());
         });
         st.add(
-            &format!("Store::pending_count, {pending} pending (every info)"),
+            &format!("Store::pending_count, {pending} pending (per Status call)"),
             us,
             "",
         );
