@@ -171,7 +171,8 @@ pub struct Push {
     hello: watch::Sender<HelloParams>,
     cancel: CancellationToken,
 
-    subs: HashMap<i64, SubscriptionRecord>,
+    /// Boxed: a map keeps up to twice as many slots as entries, and a record is ~400 bytes.
+    subs: HashMap<i64, Box<SubscriptionRecord>>,
     by_channel: HashMap<ChannelId, i64>,
     by_scope: HashMap<(AppId, Scope), i64>,
     /// Subscribe calls waiting for a registration of the same (app, scope).
@@ -301,7 +302,7 @@ impl Push {
         self.by_channel.insert(rec.channel_id.clone(), rec.id);
         self.by_scope
             .insert((rec.app_id.clone(), rec.scope.clone()), rec.id);
-        self.subs.insert(rec.id, rec);
+        self.subs.insert(rec.id, Box::new(rec));
     }
 
     fn unindex(&mut self, id: i64) -> Option<SubscriptionRecord> {
@@ -309,7 +310,7 @@ impl Push {
         self.by_channel.remove(&rec.channel_id);
         self.by_scope
             .remove(&(rec.app_id.clone(), rec.scope.clone()));
-        Some(rec)
+        Some(*rec)
     }
 
     fn info(&self, r: &SubscriptionRecord) -> SubscriptionInfo {
@@ -450,7 +451,7 @@ impl Push {
             let Some((_, id, d, urgency)) = self.mutable_waiting.remove(&message_id) else {
                 continue;
             };
-            let Some(rec) = self.subs.get(&id).cloned() else {
+            let Some(rec) = self.subs.get(&id).map(|r| SubscriptionRecord::clone(r)) else {
                 continue;
             };
             if self.may_show(&rec.app_id) && self.rate_ok(&rec.app_id) {
@@ -1079,7 +1080,7 @@ impl Push {
             }
             JobKind::Renew { id, reason } => {
                 self.renewing.remove(&id);
-                let Some(rec) = self.subs.get(&id).cloned() else {
+                let Some(rec) = self.subs.get(&id).map(|r| SubscriptionRecord::clone(r)) else {
                     // Removed meanwhile: give the new channel back.
                     if result.is_ok() {
                         self.conn.unregister(job.channel, UNREGISTER_BY_APP);
@@ -1184,7 +1185,7 @@ impl Push {
 
     /// The app was used: full quota again, and an expired subscription comes back.
     fn restore_quota(&mut self, id: i64) {
-        let Some(rec) = self.subs.get(&id).cloned() else {
+        let Some(rec) = self.subs.get(&id).map(|r| SubscriptionRecord::clone(r)) else {
             return;
         };
         if rec.expired {
@@ -1200,7 +1201,7 @@ impl Push {
             error!(error = %e, "cannot store the quota");
             return;
         }
-        self.subs.insert(id, new.clone());
+        self.subs.insert(id, Box::new(new.clone()));
         let info = self.info(&new);
         self.emit(DomainEvent::Updated(info.clone()));
         self.emit(DomainEvent::QuotaChanged { subscription: info });
