@@ -157,14 +157,40 @@ impl fmt::Debug for Uaid {
     }
 }
 
-/// The id of a stored message, as apps see it in `Message` and pass to `AckMessage`.
-pub fn new_message_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+/// The id of a message, as apps see it in `Message` and pass to `AckMessage`: 32 hex
+/// digits derived from the server's (channel, version), so a copy the server sends again
+/// (its ack was lost, or the commit failed after the app had been told) carries the same
+/// id and the app can recognise it.
+pub fn message_id(channel: &ChannelId, version: &str) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"webpushd message id\0");
+    ctx.update(channel.as_str().as_bytes());
+    ctx.update(b"\0");
+    ctx.update(version.as_bytes());
+    let digest = ctx.finish();
+    digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_ids_follow_channel_and_version() {
+        let a = ChannelId::parse("0a3c5b4e-8f1d-4c2a-9b7e-6d5f4e3c2b1a").unwrap();
+        let b = ChannelId::parse("1a3c5b4e-8f1d-4c2a-9b7e-6d5f4e3c2b1a").unwrap();
+        let id = message_id(&a, "v1");
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(id, message_id(&a, "v1"));
+        assert_ne!(id, message_id(&a, "v2"));
+        assert_ne!(id, message_id(&b, "v1"));
+        // The separator keeps (channel, version) pairs apart that concatenate alike.
+        assert_ne!(message_id(&a, "1v"), message_id(&a, "1\0v"));
+    }
 
     #[test]
     fn scope_limits() {

@@ -245,3 +245,42 @@ async fn watchers_get_the_new_counters_in_properties_changed() {
         "more than one PropertiesChanged per message"
     );
 }
+
+/// The server sends again what it did not see acknowledged (an ack lost with the
+/// connection, a daemon killed after its commit). Those copies are the same messages: they
+/// must not count against the quota, let alone expire the subscription, even when they
+/// arrive in one batch with a new message.
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_the_server_sends_again_cost_no_quota() {
+    let w = World::new().await;
+    let sub = subscribe_and_leave(&w, "org.example.Copies", HashMap::new()).await;
+    assert_eq!(post(&sub, b"the original").await.status, 201);
+    acked(&w, 1).await;
+    assert_eq!(props(&w, &sub).await, (15, false, 1, true));
+    let (channel, version, _) = w.server.stats().acks[0].clone();
+
+    // Fifteen copies of it, then a new (empty) message, back to back.
+    let faults = w.server.faults().expect("fault injection is on");
+    let frame = |v: &str| {
+        format!(
+            "{{\"messageType\":\"notification\",\"channelID\":\"{channel}\",\"version\":\"{v}\",\"ttl\":60}}"
+        )
+    };
+    for _ in 0..15 {
+        faults.send_raw(&frame(&version));
+    }
+    faults.send_raw(&frame("a-new-one"));
+    acked(&w, 17).await;
+    let acks = w.server.stats().acks;
+    assert!(
+        acks[1..]
+            .iter()
+            .filter(|a| a.1 == version)
+            .all(|a| a.2 == 102),
+        "copies are acknowledged as duplicates: {acks:?}"
+    );
+    assert!(acks.iter().any(|a| a.1 == "a-new-one" && a.2 == 100));
+    // Two messages received, two paid for; the subscription lives.
+    assert_eq!(props(&w, &sub).await, (14, false, 2, true));
+    assert_eq!(post(&sub, b"still reachable").await.status, 201);
+}

@@ -28,7 +28,7 @@ use crate::connection::protocol::{
 };
 use crate::connection::{self, AckUpdate, Event, HelloParams, Notification, RequestError};
 use crate::crypto::{self, Encoding, EncodingHeaders, SubscriptionKeys};
-use crate::ids::{new_message_id, AppId, ChannelId, Scope, Uaid};
+use crate::ids::{message_id, AppId, ChannelId, Scope, Uaid};
 use crate::store::{BatchItem, Counters, Recorded, Store, StoredMessage, SubscriptionRecord};
 
 /// Notifications handled in one transaction at most.
@@ -193,6 +193,13 @@ pub struct Push {
     /// Subscriptions whose background delivery failed: when to try again, and how many
     /// times it failed in a row.
     retries: HashMap<i64, (Instant, u32)>,
+    /// Messages a running app was told of before a commit that then failed (message id →
+    /// subscription, channel, version). The server sends them again; an app that acks one
+    /// meanwhile is answered as for a stored message, not NotFound.
+    unstored: HashMap<String, (i64, ChannelId, String)>,
+    /// Of those, the ones the app acknowledged: their next copy from the server is
+    /// acknowledged to it and neither stored nor signalled again.
+    acked_unstored: HashSet<(ChannelId, String)>,
     /// Next daily housekeeping (pruning, uninstalled Flatpak apps).
     maintenance: Instant,
     /// When to hand memory left over from startup or a burst back to the system.
@@ -227,6 +234,8 @@ enum Presentation {
 const RETRY_BASE: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(600);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// Bound on the messages remembered as signalled but not stored (and as acknowledged so).
+const MAX_UNSTORED: usize = 10_000;
 /// How long after startup, or after the first message of a burst, memory is given back.
 const TRIM_AFTER: Duration = Duration::from_secs(3);
 
@@ -266,6 +275,8 @@ impl Push {
             held_input: None,
             inflight: HashSet::new(),
             retries: HashMap::new(),
+            unstored: HashMap::new(),
+            acked_unstored: HashSet::new(),
             maintenance: Instant::now() + MAINTENANCE_EVERY,
             trim_at: Some(Instant::now() + TRIM_AFTER),
             data_home: directories::BaseDirs::new()
@@ -885,13 +896,35 @@ impl Push {
         // messages are read from the store when asked): no Updated event.
         for i in items {
             self.mutable_waiting.remove(&i.message_id);
+            // One result per item that has a subscription, in order.
+            let deleted = match (i.id, &done) {
+                (Some(_), Ok(_)) => results.next(),
+                _ => None,
+            };
+            // A message signalled before a commit that failed: the app has it, and its
+            // next copy from the server needs no storing.
+            if deleted != Some(true) {
+                if let Some((sub, ch, version)) = self
+                    .unstored
+                    .remove(&i.message_id)
+                    .filter(|(sub, _, _)| Some(*sub) == i.id)
+                {
+                    debug!(subscription = sub, message = %i.message_id, "acknowledged before it could be stored");
+                    if self.acked_unstored.len() >= MAX_UNSTORED {
+                        self.acked_unstored.clear();
+                    }
+                    self.acked_unstored.insert((ch, version));
+                    let _ = i.reply.send(Ok(()));
+                    continue;
+                }
+            }
             let res = match (i.id, &done) {
                 (None, _) => Err(PushError::NotFound(format!(
                     "no subscription for scope \"{}\"",
                     i.scope
                 ))),
                 (Some(_), Err(e)) => Err(PushError::Failed(format!("cannot acknowledge: {e}"))),
-                (Some(_), Ok(_)) => match results.next() {
+                (Some(_), Ok(_)) => match deleted {
                     Some(true) => Ok(()),
                     _ => Err(PushError::NotFound(format!(
                         "no pending message \"{}\" for scope \"{}\"",
@@ -1282,14 +1315,37 @@ impl Push {
             };
             let rec = &self.subs[&id];
             if rec.expired {
+                // The server still holds the channel: its unregister was lost (the daemon
+                // stopped before sending it, or the connection dropped). Say it again, or
+                // the endpoint keeps accepting pushes that nobody will see.
                 debug!(
                     subscription = id,
-                    "notification for an expired subscription: 102"
+                    "notification for an expired subscription: 102 and unregistered"
                 );
+                acks_now.push(ack(ACK_NOT_DELIVERED));
+                self.conn.unregister(n.channel_id.clone(), UNREGISTER_QUOTA);
+                continue;
+            }
+            // A copy of something already received (the server resends what it did not
+            // see acknowledged): recognised before it can count against the quota or
+            // reach the app a second time. (record_batch would also refuse to store it.)
+            if matches!(self.store.seen(&n.channel_id, &n.version), Ok(true)) {
+                debug!(subscription = id, version = %n.version, "a copy of a message already received: 102");
                 acks_now.push(ack(ACK_NOT_DELIVERED));
                 continue;
             }
             if !in_batch.insert((n.channel_id.clone(), n.version.clone())) {
+                // A second copy in one batch: the first one's ack (after the commit)
+                // answers for both; acking this one now could forget an unstored message.
+                continue;
+            }
+            if !self.acked_unstored.is_empty()
+                && self
+                    .acked_unstored
+                    .remove(&(n.channel_id.clone(), n.version.clone()))
+            {
+                debug!(subscription = id, version = %n.version, "a copy of a message the app acknowledged before it could be stored: 100");
+                acks_now.push(ack(ACK_STORED));
                 continue;
             }
             let Some(decrypted) = pre else {
@@ -1339,7 +1395,7 @@ impl Push {
                 Ok(payload) => (
                     ACK_STORED,
                     Some(StoredMessage {
-                        id: new_message_id(),
+                        id: message_id(&n.channel_id, &n.version),
                         subscription_id: id,
                         channel_id: n.channel_id.clone(),
                         version: n.version.clone(),
@@ -1373,15 +1429,13 @@ impl Push {
             if let (Some(m), Presentation::Ordinary, Kind::WebPush, false) =
                 (&message, &presentation, rec.kind, background)
             {
-                if matches!(self.store.seen(&n.channel_id, &n.version), Ok(false)) {
-                    signalled.insert(m.id.clone());
-                    self.emit(DomainEvent::Message {
-                        subscription: SubscriptionInfo::from_record(rec),
-                        message: m.clone(),
-                        delivery: Delivery::Signal,
-                        flags: MessageFlags::default(),
-                    });
-                }
+                signalled.insert(m.id.clone());
+                self.emit(DomainEvent::Message {
+                    subscription: SubscriptionInfo::from_record(rec),
+                    message: m.clone(),
+                    delivery: Delivery::Signal,
+                    flags: MessageFlags::default(),
+                });
             }
             items.push(BatchItem {
                 channel_id: n.channel_id.clone(),
@@ -1416,6 +1470,11 @@ impl Push {
                 Ok((outcomes, evicted)) => {
                     self.redeliver = None;
                     self.store_failures = 0;
+                    if !self.unstored.is_empty() {
+                        for m in items.iter().filter_map(|i| i.message.as_ref()) {
+                            self.unstored.remove(&m.id);
+                        }
+                    }
                     // Every drop is logged, once per subscription and burst (a flood must not
                     // become a flood of log lines).
                     let mut per_sub: HashMap<i64, (usize, String)> = HashMap::new();
@@ -1445,6 +1504,20 @@ impl Push {
                     }
                 }
                 Err(e) => {
+                    // The running apps already have some of them: remember which, so their
+                    // acks are taken (and their copies not shown again). Bounded: past the
+                    // limit those acks get NotFound and the copies come again, as before.
+                    if self.unstored.len() + signalled.len() > MAX_UNSTORED {
+                        self.unstored.clear();
+                    }
+                    for i in &items {
+                        if let Some(m) = i.message.as_ref().filter(|m| signalled.contains(&m.id)) {
+                            self.unstored.insert(
+                                m.id.clone(),
+                                (m.subscription_id, i.channel_id.clone(), i.version.clone()),
+                            );
+                        }
+                    }
                     // Not acknowledged: the server keeps these, but sends them again only
                     // on a new connection. Reconnect after a pause, longer each time the
                     // storage still fails.

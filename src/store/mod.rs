@@ -885,7 +885,7 @@ mod tests {
 
     fn message(sub: i64, ch: &str, version: &str, received: i64) -> StoredMessage {
         StoredMessage {
-            id: crate::ids::new_message_id(),
+            id: crate::ids::message_id(&ChannelId::parse(ch).unwrap(), version),
             subscription_id: sub,
             channel_id: ChannelId::parse(ch).unwrap(),
             version: version.into(),
