@@ -94,6 +94,7 @@ async fn a_running_app_pays_nothing_and_an_expired_one_comes_back_renewed() {
     // The app comes back: a fresh subscription on the same object, with new endpoint and keys.
     let app = w.bus.app("org.example.Busy").await;
     let mut changed = app.manager.receive_subscription_changed().await.unwrap();
+    let mut quota_changed = app.manager.receive_quota_changed().await.unwrap();
     let renewed = app.subscribe("s").await;
     assert_eq!(renewed.path, sub.path);
     assert_ne!(renewed.endpoint, sub.endpoint);
@@ -101,6 +102,9 @@ async fn a_running_app_pays_nothing_and_an_expired_one_comes_back_renewed() {
     assert_ne!(renewed.auth, sub.auth);
     let sig = next(&mut changed, "SubscriptionChanged").await;
     assert_eq!(*sig.args().unwrap().reason(), "expired-renewed");
+    // Its quota is back at the maximum, and the app is told, as when it is used.
+    let sig = next(&mut quota_changed, "QuotaChanged").await;
+    assert_eq!(*sig.args().unwrap().remaining(), 3);
     let (quota, expired, _, _) = props(&w, &renewed).await;
     assert_eq!((quota, expired), (3, false));
     // Messages from the background period are still there for the app.

@@ -1144,6 +1144,12 @@ impl Push {
                                     subscription: info.clone(),
                                     reason,
                                 });
+                                // An expired subscription comes back with its whole budget.
+                                if new.quota != rec.quota {
+                                    self.emit(DomainEvent::QuotaChanged {
+                                        subscription: info.clone(),
+                                    });
+                                }
                                 Ok(info)
                             }
                             Err(e) => {
