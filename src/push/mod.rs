@@ -1641,10 +1641,20 @@ fn decrypt_burst(
     batch: &[Notification],
     jobs: &[Option<(SubscriptionKeys, Kind)>],
 ) -> Vec<Option<Result<Vec<u8>, crypto::CryptoError>>> {
+    // A panic while decrypting (a bug, met by one hostile payload) fails that message
+    // alone, like any undecryptable one (acknowledged 101, logged): left unacknowledged
+    // it would come back at every connection, and it must not take the owner loop down.
     let one = |(n, job): (&Notification, &Option<(SubscriptionKeys, Kind)>)| {
-        job.as_ref().map(|(keys, kind)| match kind {
-            Kind::WebPush => decrypt_notification(keys, n),
-            Kind::UnifiedPush(_) => raw_body(n),
+        job.as_ref().map(|(keys, kind)| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match kind {
+                Kind::WebPush => decrypt_notification(keys, n),
+                Kind::UnifiedPush(_) => raw_body(n),
+            }))
+            .unwrap_or_else(|_| {
+                Err(crypto::CryptoError::Decrypt(
+                    "the decryption failed with a panic (a bug: please report it)".into(),
+                ))
+            })
         })
     };
     // Asked once: the answer reads cgroup files.
@@ -1674,8 +1684,8 @@ fn decrypt_burst(
         handles
             .into_iter()
             .flat_map(|(len, h)| {
-                // A chunk that panicked is skipped, not acknowledged: the server keeps
-                // those messages and sends them again.
+                // Each message catches its own panic; a chunk that still failed is
+                // skipped, not acknowledged: the server keeps those and sends them again.
                 h.join()
                     .unwrap_or_else(|_| (0..len).map(|_| None).collect())
             })
