@@ -168,10 +168,10 @@ pub fn message_id(channel: &ChannelId, version: &str) -> String {
     ctx.update(b"\0");
     ctx.update(version.as_bytes());
     let digest = ctx.finish();
-    digest.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    // 32 lower-case hex digits, the form the random ids had.
+    uuid::Uuid::from_bytes(bytes).simple().to_string()
 }
 
 #[cfg(test)]
