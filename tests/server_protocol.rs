@@ -13,9 +13,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use webpushd::server::{DeliverOutcome, PushServer, ServerOptions, Step};
@@ -92,22 +92,13 @@ struct Client {
 }
 
 impl Client {
+    /// A client that asks for no subprotocol (autopush-rs accepts it, and names none).
     async fn connect(url: &str) -> Client {
-        let mut req = url.into_client_request().expect("request");
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            "push-notification".parse().expect("header"),
-        );
-        let (ws, resp) = timeout(WAIT, tokio_tungstenite::connect_async(req))
+        let (ws, resp) = timeout(WAIT, tokio_tungstenite::connect_async(url))
             .await
             .expect("connect in time")
             .expect("connect");
-        assert_eq!(
-            resp.headers()
-                .get("sec-websocket-protocol")
-                .map(|v| v.as_bytes()),
-            Some(&b"push-notification"[..])
-        );
+        assert_eq!(resp.headers().get("sec-websocket-protocol"), None);
         Client { ws }
     }
 
@@ -340,11 +331,43 @@ async fn first_message_must_be_hello_within_the_timeout() {
     assert!(matches!(c.ending().await, Ending::Closed(1011, _)));
 }
 
+/// Firefox asks for `push-notification`; autopush-rs upgrades and names no subprotocol
+/// (a strict RFC 6455 client then fails the handshake, browsers do not).
 #[tokio::test]
-async fn handshake_requires_the_push_subprotocol() {
+async fn handshake_with_the_push_subprotocol_names_none_back() {
     let h = start().await;
-    let err = tokio_tungstenite::connect_async(h.server.ws_url()).await;
-    assert!(err.is_err(), "upgrade without push-notification must fail");
+    let addr = h
+        .server
+        .ws_url()
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: push-notification\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = timeout(WAIT, tcp.read(&mut byte)).await.unwrap().unwrap();
+        assert_eq!(
+            n,
+            1,
+            "answer cut short: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.push(byte[0]);
+    }
+    let answer = String::from_utf8(answer).unwrap().to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 101"), "{answer}");
+    assert!(
+        answer.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{answer}"
+    );
+    assert!(!answer.contains("sec-websocket-protocol"), "{answer}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1186,12 +1209,7 @@ async fn fault_refuse_connections_and_count_attempts() {
     let faults = h.server.faults().unwrap();
     faults.set_refuse_connections(true);
     for _ in 0..3 {
-        let mut req = h.server.ws_url().into_client_request().unwrap();
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            "push-notification".parse().unwrap(),
-        );
-        let attempt = timeout(WAIT, tokio_tungstenite::connect_async(req))
+        let attempt = timeout(WAIT, tokio_tungstenite::connect_async(h.server.ws_url()))
             .await
             .expect("refused promptly");
         assert!(attempt.is_err());

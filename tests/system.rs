@@ -173,3 +173,31 @@ async fn resume_from_sleep_checks_the_connection() {
     // Still connected: the server answered.
     state_is(&w, "connected").await;
 }
+
+/// A resume, a network-up and a flap arrive together: one liveness check at a time, and
+/// never a second application ping within 45 s (autopush closes the connection for it).
+#[tokio::test(flavor = "multi_thread")]
+async fn resume_and_network_flaps_never_ping_too_often() {
+    let system = System::start(70).await;
+    let w = world(&system).await;
+    state_is(&w, "connected").await;
+    system.resume().await;
+    system.network(70).await;
+    eventually("the first check", || async {
+        (w.server.stats().pings == 1).then_some(())
+    })
+    .await;
+    for round in 1..=3 {
+        // Let the previous check's answer arrive: a check still waiting takes the next.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        system.resume().await;
+        eventually("a check by WebSocket ping", || async {
+            (w.server.stats().ws_pings >= round).then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let s = w.server.stats();
+    assert_eq!((s.pings, s.hellos), (1, 1), "{s:?}");
+    state_is(&w, "connected").await;
+}

@@ -9,6 +9,7 @@
 //! the message is committed.
 
 pub mod backoff;
+mod handshake;
 pub mod protocol;
 mod task;
 

@@ -8,24 +8,26 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::backoff::Backoff;
-use super::protocol::{self, ClientMessage, ServerMessage};
+use super::handshake::{self, Ws};
+use super::protocol::{self, ClientMessage, Notification, ServerMessage};
 use super::{Command, ConnState, ConnStatus, Event, HelloParams, RequestError, Settings};
 use crate::ids::ChannelId;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// autopush closes a connection whose client sends two application pings (`{}`) within
+/// 45 s; a liveness check sooner than that is a WebSocket ping frame, which it answers.
+const APP_PING_MIN_INTERVAL: Duration = Duration::from_secs(45);
+/// Notifications read from the socket but not yet taken by `push`, at most; past it, the
+/// socket is left unread until `push` catches up.
+const INBOX_MAX: usize = 256;
 
 /// Frames larger than this from the server are refused (a hostile or broken server must
 /// not make us buffer megabytes; real notifications are under 6 KiB).
@@ -70,6 +72,8 @@ pub(super) struct Actor {
     backoff: Backoff,
     requests: Vec<Request>,
     unregisters: VecDeque<(ChannelId, u16)>,
+    /// See `serve`.
+    inbox: VecDeque<Notification>,
     broadcast_subscribe: Option<std::collections::BTreeMap<String, String>>,
     /// Close code 4774: no automatic reconnects until a new request.
     hold: bool,
@@ -98,6 +102,7 @@ impl Actor {
             backoff,
             requests: Vec::new(),
             unregisters: VecDeque::new(),
+            inbox: VecDeque::new(),
             broadcast_subscribe: None,
             hold: false,
             online: true,
@@ -279,35 +284,14 @@ impl Actor {
     }
 
     async fn connect(&self) -> Result<Ws, String> {
-        let mut request = self
-            .settings
-            .url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| format!("bad server URL: {e}"))?;
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static("push-notification"),
-        );
         let config = WebSocketConfig::default()
             .max_frame_size(Some(MAX_FRAME))
             .max_message_size(Some(MAX_FRAME));
-        let connector = match &self.tls {
-            Some(tls) if self.settings.url.starts_with("wss://") => {
-                Some(tokio_tungstenite::Connector::Rustls(tls.clone()))
-            }
-            _ => Some(tokio_tungstenite::Connector::Plain),
-        };
-        let fut = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(config),
-            true,
-            connector,
-        );
+        let fut = handshake::open(&self.settings.url, self.tls.as_ref(), config);
         match timeout(self.settings.request_timeout, fut).await {
             Err(_) => Err("connecting timed out".into()),
             Ok(Err(e)) => Err(format!("cannot connect: {e}")),
-            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Ok(ws)) => Ok(ws),
         }
     }
 
@@ -408,14 +392,31 @@ impl Actor {
     }
 
     async fn connected(&mut self, mut ws: Ws) -> End {
+        let mut pinger = Pinger::default();
+        let end = self.serve(&mut ws, &mut pinger).await;
+        // Notifications read but not yet handed on still go to `push`: a TTL 0 message is
+        // not stored by the server, so dropping it here would lose it.
+        while let Some(n) = self.inbox.pop_front() {
+            if self.events.send(Event::Notification(n)).await.is_err() {
+                return End::Shutdown;
+            }
+        }
+        end
+    }
+
+    /// The connected loop. Notifications go through `inbox`, so a busy `push` does not stop
+    /// the socket from being read: the server's WebSocket pings (autopush-rs: a pong within
+    /// 4 s) are answered while a burst is being committed.
+    async fn serve(&mut self, ws: &mut Ws, pinger: &mut Pinger) -> End {
         let mut last_rx = Instant::now();
-        let mut ping_deadline: Option<Instant> = None;
+        // A permit borrows its sender; this one is not `self`'s, so the branches may use `self`.
+        let events = self.events.clone();
         loop {
             let ping_at = last_rx + self.settings.ping_interval;
             // While a ping waits for its answer, the ping time has passed and only the
             // deadline counts: a past `ping_at` in the timer would wake the loop at once,
             // again and again, until the answer or the deadline.
-            let ping_timer = ping_deadline.unwrap_or(ping_at);
+            let ping_timer = pinger.deadline.unwrap_or(ping_at);
             let timer = [Some(ping_timer), self.earliest_deadline()]
                 .into_iter()
                 .flatten()
@@ -423,12 +424,17 @@ impl Actor {
                 .expect("ping_timer is always set");
             tokio::select! {
                 _ = self.cancel.cancelled() => {
-                    close(&mut ws).await;
+                    close(ws).await;
                     return End::Shutdown;
                 }
-                frame = ws.next() => {
+                permit = events.reserve(), if !self.inbox.is_empty() => {
+                    let Ok(permit) = permit else { return End::Shutdown };
+                    let n = self.inbox.pop_front().expect("inbox is not empty");
+                    permit.send(Event::Notification(n));
+                }
+                frame = ws.next(), if self.inbox.len() < INBOX_MAX => {
                     last_rx = Instant::now();
-                    ping_deadline = None;
+                    pinger.deadline = None;
                     match read_frame(frame) {
                         Frame::Text(text) => {
                             if let Some(end) = self.server_message(&text).await {
@@ -444,10 +450,10 @@ impl Actor {
                 }
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else {
-                        close(&mut ws).await;
+                        close(ws).await;
                         return End::Shutdown;
                     };
-                    let text = match cmd {
+                    let msg = match cmd {
                         Command::Register { channel, key, reply } => {
                             let r = Request {
                                 channel,
@@ -458,37 +464,34 @@ impl Actor {
                             };
                             let m = register_message(&r);
                             self.requests.push(r);
-                            Some(m)
+                            Some(Message::text(m))
                         }
-                        Command::Unregister { channel, code } => Some(
+                        Command::Unregister { channel, code } => Some(Message::text(
                             ClientMessage::Unregister { channel_id: channel.to_string(), code }.to_json(),
-                        ),
-                        Command::Ack(updates) => Some(ClientMessage::Ack { updates }.to_json()),
+                        )),
+                        Command::Ack(updates) => Some(Message::text(ClientMessage::Ack { updates }.to_json())),
                         Command::BroadcastSubscribe(broadcasts) => {
-                            Some(ClientMessage::BroadcastSubscribe { broadcasts }.to_json())
+                            Some(Message::text(ClientMessage::BroadcastSubscribe { broadcasts }.to_json()))
                         }
                         Command::Reconnect => {
                             info!("reconnecting on request");
-                            close(&mut ws).await;
+                            close(ws).await;
                             return End::Again;
                         }
                         Command::Network(true) => {
-                            // Back online or resumed: check the connection now.
-                            if ping_deadline.is_none() {
-                                ping_deadline = Some(Instant::now() + self.settings.request_timeout);
-                                Some(protocol::PING.to_string())
-                            } else {
-                                None
-                            }
+                            // Back online or resumed: check the connection now, unless a
+                            // check is already under way (a resume and a network-up often
+                            // come together).
+                            pinger.start(Instant::now() + self.settings.request_timeout)
                         }
                         Command::Network(false) => {
                             self.online = false;
-                            close(&mut ws).await;
+                            close(ws).await;
                             return End::Lost { error: "network is down".into(), close_code: None };
                         }
                     };
-                    if let Some(text) = text {
-                        if let Err(e) = ws.send(Message::text(text)).await {
+                    if let Some(msg) = msg {
+                        if let Err(e) = ws.send(msg).await {
                             return lost_send(e);
                         }
                     }
@@ -496,19 +499,20 @@ impl Actor {
                 _ = sleep_until(timer) => {
                     let now = Instant::now();
                     if self.fail_expired(RequestError::Timeout) > 0 {
-                        close(&mut ws).await;
+                        close(ws).await;
                         return End::Lost { error: "a request timed out".into(), close_code: None };
                     }
-                    if ping_deadline.is_some_and(|d| d <= now) {
+                    if pinger.deadline.is_some_and(|d| d <= now) {
                         warn!("no answer to ping");
                         return End::Lost { error: "no answer to ping".into(), close_code: None };
                     }
-                    if ping_deadline.is_none() && now >= ping_at {
-                        debug!("idle: ping");
-                        if let Err(e) = ws.send(Message::text(protocol::PING)).await {
-                            return lost_send(e);
+                    if now >= ping_at {
+                        if let Some(msg) = pinger.start(now + self.settings.request_timeout) {
+                            debug!("idle: ping");
+                            if let Err(e) = ws.send(msg).await {
+                                return lost_send(e);
+                            }
                         }
-                        ping_deadline = Some(now + self.settings.request_timeout);
                     }
                 }
             }
@@ -548,11 +552,7 @@ impl Actor {
             ServerMessage::Unregister { channel_id, status } => {
                 debug!(channel = %channel_id, status, "unregistered");
             }
-            ServerMessage::Notification(n) => {
-                if self.events.send(Event::Notification(n)).await.is_err() {
-                    return Some(End::Shutdown);
-                }
-            }
+            ServerMessage::Notification(n) => self.inbox.push_back(n),
             ServerMessage::Broadcast { broadcasts } => {
                 if self
                     .events
@@ -567,6 +567,33 @@ impl Actor {
             ServerMessage::Pong => {}
         }
         None
+    }
+}
+
+/// One liveness check at a time, and never two application pings within 45 s.
+#[derive(Default)]
+struct Pinger {
+    /// The answer to the ping in flight is due by then; any frame from the server counts.
+    deadline: Option<Instant>,
+    last_app_ping: Option<Instant>,
+}
+
+impl Pinger {
+    /// The frame that checks the connection, or `None` when a check is already waiting.
+    fn start(&mut self, deadline: Instant) -> Option<Message> {
+        if self.deadline.is_some() {
+            return None;
+        }
+        self.deadline = Some(deadline);
+        let now = Instant::now();
+        if self
+            .last_app_ping
+            .is_some_and(|t| now.duration_since(t) < APP_PING_MIN_INTERVAL)
+        {
+            return Some(Message::Ping(Default::default()));
+        }
+        self.last_app_ping = Some(now);
+        Some(Message::text(protocol::PING))
     }
 }
 

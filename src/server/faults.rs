@@ -99,7 +99,8 @@ impl Faults {
         });
     }
 
-    /// Leave client pings (`{}`) unanswered.
+    /// Leave client pings unanswered: `{}` gets no reply, and a WebSocket ping frame stops
+    /// the connection from being read (so no pong goes out) until the client gives up.
     pub fn set_ignore_pings(&self, ignore: bool) {
         self.lock().ignore_pings = ignore;
     }

@@ -204,6 +204,8 @@ pub struct ServerStats {
     pub nacks: Vec<(String, u16)>,
     /// Client pings (`{}`) received.
     pub pings: u64,
+    /// WebSocket ping frames received from clients (answered with a pong).
+    pub ws_pings: u64,
     /// Notification frames sent (live and from storage, redeliveries included).
     pub notifications_sent: u64,
     /// Messages currently stored (not yet acknowledged, expired ones may linger).

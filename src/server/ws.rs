@@ -19,8 +19,6 @@ use serde_json::{json, Map, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -34,11 +32,12 @@ use super::registry::Command;
 use super::store::Notification;
 use super::{lock, now_ms, short, Shared, BATCH_SIZE, MAX_ACK_RECORDS};
 
-const SUBPROTOCOL: &str = "push-notification";
 /// PROTOCOL.md: a frame over 64 KiB closes 1002.
 const MAX_FRAME: usize = 64 << 10;
 /// A client that stops reading must not pin a task forever.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection hangs, unread, when it ignores a WebSocket ping (fault injection).
+const HANG_FOR: Duration = Duration::from_secs(30);
 /// How long a closing handshake may take before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many acked versions a connection remembers (see `Conn::recently_acked`).
@@ -95,6 +94,8 @@ enum End {
     Close(u16, String),
     /// Cut the TCP stream without a close frame (shutdown, fault injection).
     Drop,
+    /// Fault injection: stop reading (no pong goes out), then drop after a while.
+    Hang,
 }
 
 fn protocol_error(what: &str) -> End {
@@ -216,11 +217,9 @@ impl Conn {
         let config = WebSocketConfig::default()
             .max_frame_size(Some(MAX_FRAME))
             .max_message_size(Some(MAX_FRAME));
-        let handshake = tokio_tungstenite::accept_hdr_async_with_config(
-            stream,
-            check_subprotocol,
-            Some(config),
-        );
+        // As autopush-rs: the upgrade is accepted whether or not the client asks for the
+        // `push-notification` subprotocol, and no subprotocol is named in the answer.
+        let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(config));
         let mut ws = tokio::select! {
             _ = self.cancel.cancelled() => return,
             r = timeout(self.shared.opts.hello_timeout, handshake) => match r {
@@ -250,6 +249,13 @@ impl Conn {
                 let _ = timeout(CLOSE_TIMEOUT, drain).await;
             }
             End::Drop => tracing::debug!("dropping connection"),
+            End::Hang => {
+                tracing::debug!("hanging (fault injection)");
+                tokio::select! {
+                    _ = self.cancel.cancelled() => {}
+                    _ = sleep(HANG_FOR) => {}
+                }
+            }
             End::Close(code, reason) => {
                 tracing::debug!(code, reason = %reason, "closing connection");
                 self.close(&mut ws, code, &reason).await;
@@ -353,7 +359,21 @@ impl Conn {
                 Ok(None)
             }
             // tungstenite answers pings and close frames itself while we keep reading.
-            Some(Ok(Message::Ping(_) | Message::Frame(_))) => Ok(None),
+            Some(Ok(Message::Ping(_))) => {
+                lock(&self.shared.stats).ws_pings += 1;
+                if self
+                    .shared
+                    .faults
+                    .as_ref()
+                    .is_some_and(|f| f.ignore_pings())
+                {
+                    // The pong goes out with the next read: a server that ignores pings
+                    // reads no more.
+                    return Err(End::Hang);
+                }
+                Ok(None)
+            }
+            Some(Ok(Message::Frame(_))) => Ok(None),
             Some(Ok(Message::Close(_))) => Err(End::PeerClosed),
             Some(Err(WsError::Capacity(e))) => {
                 tracing::debug!(error = %e, "frame too large");
@@ -727,28 +747,6 @@ impl Conn {
         }
         self.send(ws, "{}".to_owned()).await
     }
-}
-
-/// Answers the upgrade only for clients that ask for `push-notification`.
-#[allow(clippy::result_large_err)] // the signature is tungstenite's
-fn check_subprotocol(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
-    let offered = req
-        .headers()
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim().eq_ignore_ascii_case(SUBPROTOCOL));
-    if !offered {
-        let mut err = ErrorResponse::new(Some(format!("subprotocol {SUBPROTOCOL} required")));
-        *err.status_mut() = StatusCode::BAD_REQUEST;
-        return Err(err);
-    }
-    resp.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_static(SUBPROTOCOL),
-    );
-    Ok(resp)
 }
 
 /// A JSON object and its lower-cased `messageType`; `{}` is a ping.
