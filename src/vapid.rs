@@ -9,7 +9,9 @@
 use std::fmt;
 
 use base64::alphabet;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::{
+    GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD, URL_SAFE_NO_PAD,
+};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use openssl::bn::{BigNum, BigNumContext};
@@ -53,7 +55,9 @@ pub enum VapidError {
     UnsupportedAlgorithm(String),
     #[error("JWT signature does not verify with the given public key")]
     BadSignature,
-    #[error("JWT has no numeric `exp` claim")]
+    #[error("Crypto-Key header for the draft VAPID scheme: {0}")]
+    DraftCryptoKey(&'static str),
+    #[error("JWT has no unsigned integer `exp` claim")]
     MissingExpiry,
     #[error("JWT expired")]
     Expired,
@@ -156,73 +160,102 @@ pub fn authorization_header(
     ))
 }
 
-/// Splits an `Authorization` value into the JWT and the raw 65-byte public key.
+/// Splits an `Authorization` value into the JWT and the raw 65-byte public key, with
+/// autopush-rs's rules (`VapidHeader::parse`, `extract_public_key`, `decode_public_key`):
 ///
-/// Accepts RFC 8292 (`vapid t=…, k=…`) and the older draft (`WebPush <jwt>`, the key in
-/// the `Crypto-Key` header's `p256ecdsa=` parameter), which some senders still use.
+/// * the scheme is everything before the first space, compared case-insensitively with
+///   `vapid`, `webpush` and `bearer`; every space in the rest is removed;
+/// * `vapid`: `name=value` items split on `,`, names `t` and `k` case-sensitive, values
+///   taken as they are (quotes included);
+/// * `webpush` / `bearer` (the draft): the rest is the JWT and the key is the
+///   `p256ecdsa` item of the `Crypto-Key` header; problems with that header are
+///   [`VapidError::DraftCryptoKey`] (autopush answers 400 errno 110, not 401);
+/// * the key is standard base64 if it contains `+` or `/`, base64url otherwise, padding
+///   optional.
 pub fn parse_authorization(
     authorization: &str,
     crypto_key: Option<&str>,
 ) -> Result<(String, Vec<u8>), VapidError> {
-    let authorization = authorization.trim();
     let (scheme, rest) = authorization
-        .split_once(|c: char| c.is_ascii_whitespace())
+        .split_once(' ')
         .ok_or(VapidError::MalformedHeader(
             "expected a scheme and credentials",
         ))?;
-    let rest = rest.trim();
-    let (jwt, key_b64) = if scheme.eq_ignore_ascii_case("vapid") {
-        let mut token = None;
-        let mut key = None;
-        for (name, value) in auth_params(rest) {
-            if name.eq_ignore_ascii_case("t") {
-                token = Some(value);
-            } else if name.eq_ignore_ascii_case("k") {
-                key = Some(value);
+    let scheme = scheme.to_lowercase();
+    let rest = rest.replace(' ', "");
+    let (jwt, key_b64) = match scheme.as_str() {
+        "vapid" => {
+            let mut token = None;
+            let mut key = None;
+            for item in rest.split(',') {
+                match item.split_once('=') {
+                    Some(("t", value)) => token = Some(value.to_owned()),
+                    Some(("k", value)) => key = Some(value.to_owned()),
+                    _ => {}
+                }
             }
+            let key = key.ok_or(VapidError::MissingKey)?;
+            let token = token.ok_or(VapidError::MalformedHeader("no `t=` parameter"))?;
+            (token, key)
         }
-        (
-            token.ok_or(VapidError::MalformedHeader("no `t=` parameter"))?,
-            key.ok_or(VapidError::MissingKey)?,
-        )
-    } else if scheme.eq_ignore_ascii_case("webpush") {
-        let key = crypto_key
-            .and_then(|header| {
-                auth_params(header)
-                    .into_iter()
-                    .find(|(name, _)| name.eq_ignore_ascii_case("p256ecdsa"))
-                    .map(|(_, value)| value)
-            })
-            .ok_or(VapidError::MissingKey)?;
-        (rest.to_owned(), key)
-    } else {
-        return Err(VapidError::MalformedHeader(
-            "scheme is neither `vapid` nor `WebPush`",
-        ));
+        "webpush" | "bearer" => {
+            let header =
+                crypto_key.ok_or(VapidError::DraftCryptoKey("Missing Crypto-Key header"))?;
+            let key = draft_p256ecdsa(header)?;
+            (rest, key)
+        }
+        _ => {
+            return Err(VapidError::MalformedHeader(
+                "scheme is none of `vapid`, `WebPush`, `Bearer`",
+            ))
+        }
     };
     if jwt.is_empty() || jwt.len() > MAX_JWT_LEN {
         return Err(VapidError::MalformedJwt("empty or too long"));
     }
-    let key = B64URL_LENIENT
-        .decode(key_b64.as_bytes())
-        .map_err(|_| VapidError::InvalidPublicKey)?;
+    let key_b64 = key_b64.trim_end_matches('=');
+    let key = if key_b64.contains(['+', '/']) {
+        STANDARD_NO_PAD.decode(key_b64)
+    } else {
+        URL_SAFE_NO_PAD.decode(key_b64)
+    }
+    .map_err(|_| VapidError::InvalidPublicKey)?;
     validate_public_key(&key)?;
     Ok((jwt, key))
 }
 
-/// `name=value` pairs separated by `,` or `;`, values optionally quoted.
-fn auth_params(s: &str) -> Vec<(String, String)> {
-    s.split([',', ';'])
-        .filter_map(|item| {
-            let (name, value) = item.split_once('=')?;
-            let value = value.trim().trim_matches('"');
-            Some((name.trim().to_owned(), value.to_owned()))
-        })
-        .collect()
+/// The `p256ecdsa` value of a `Crypto-Key` header, parsed as autopush's
+/// `CryptoKeyHeader`: `,`-separated sections of `;`-separated `key=value` items (an item
+/// without `=` makes the header invalid), keys trimmed and case-sensitive, values trimmed
+/// of spaces and quotes.
+fn draft_p256ecdsa(header: &str) -> Result<String, VapidError> {
+    let mut found = None;
+    for section in header.split(',') {
+        let mut in_section = None;
+        for item in section.split(';') {
+            let (name, value) = item
+                .split_once('=')
+                .ok_or(VapidError::DraftCryptoKey("Invalid Crypto-Key header"))?;
+            if name.trim() == "p256ecdsa" {
+                in_section = Some(value.trim_matches([' ', '"']).to_owned());
+            }
+        }
+        if found.is_none() {
+            found = in_section;
+        }
+    }
+    found.ok_or(VapidError::DraftCryptoKey(
+        "Missing p256ecdsa in Crypto-Key header",
+    ))
 }
 
-/// Checks an ES256 VAPID JWT: signature by `public_key`, `aud` equal to `expected_aud`
-/// (the push service's origin), `exp` after `now_unix` and at most 24 h ahead.
+/// How late an `exp` may be: jsonwebtoken's default leeway, which autopush-rs keeps.
+pub const EXP_LEEWAY_SECS: u64 = 60;
+
+/// Checks an ES256 VAPID JWT as autopush-rs does: signature by `public_key`; `exp` an
+/// unsigned integer, not more than [`EXP_LEEWAY_SECS`] in the past and at most 24 h
+/// ahead; `aud` a string exactly equal to `expected_aud` (the push service's origin, so
+/// a trailing `/` or other case fails); `sub` optional but a string if present.
 pub fn verify_jwt(
     jwt: &str,
     public_key: &[u8],
@@ -270,14 +303,11 @@ pub fn verify_jwt(
     }
 
     let claims = decode_json_part(claims_b64, "claims")?;
-    let exp = match claims.get("exp") {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            .ok_or(VapidError::MissingExpiry)?,
-        _ => return Err(VapidError::MissingExpiry),
-    };
-    if exp <= now_unix {
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .ok_or(VapidError::MissingExpiry)?;
+    if exp < now_unix.saturating_sub(EXP_LEEWAY_SECS) {
         return Err(VapidError::Expired);
     }
     if exp > now_unix.saturating_add(MAX_EXP_AHEAD_SECS) {
@@ -287,11 +317,17 @@ pub fn verify_jwt(
         .get("aud")
         .and_then(Value::as_str)
         .ok_or(VapidError::MissingAudience)?;
-    if normalize_origin(aud) != normalize_origin(expected_aud) {
+    if aud != expected_aud {
         return Err(VapidError::AudienceMismatch {
             expected: expected_aud.to_owned(),
             got: truncate(aud, 200),
         });
+    }
+    if !matches!(
+        claims.get("sub"),
+        None | Some(Value::Null | Value::String(_))
+    ) {
+        return Err(VapidError::MalformedJwt("`sub` is not a string"));
     }
     Ok(())
 }
@@ -332,19 +368,6 @@ fn decode_json_part(part: &str, what: &'static str) -> Result<Value, VapidError>
     }
 }
 
-/// `scheme://host[:port]`, lower-cased, without a trailing slash or a default port, so
-/// `https://push.example/` and `https://push.example:443` compare equal.
-fn normalize_origin(s: &str) -> String {
-    let s = s.trim().trim_end_matches('/').to_ascii_lowercase();
-    if let Some(rest) = s.strip_prefix("https://") {
-        return format!("https://{}", rest.strip_suffix(":443").unwrap_or(rest));
-    }
-    if let Some(rest) = s.strip_prefix("http://") {
-        return format!("http://{}", rest.strip_suffix(":80").unwrap_or(rest));
-    }
-    s
-}
-
 fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
@@ -365,8 +388,10 @@ mod tests {
         let key = VapidKey::generate().unwrap();
         let jwt = signed(&key);
         verify_jwt(&jwt, &key.public_raw(), AUD, NOW).unwrap();
-        // A trailing slash or a default port in the audience is the same origin.
-        verify_jwt(&jwt, &key.public_raw(), "http://127.0.0.1:8080/", NOW).unwrap();
+        // As autopush: the audience must be the origin exactly.
+        for other in ["http://127.0.0.1:8080/", "HTTP://127.0.0.1:8080"] {
+            assert!(verify_jwt(&jwt, &key.public_raw(), other, NOW).is_err());
+        }
     }
 
     #[test]
@@ -381,7 +406,9 @@ mod tests {
     fn expired_and_far_future_tokens_fail() {
         let key = VapidKey::generate().unwrap();
         let jwt = signed(&key);
-        let err = verify_jwt(&jwt, &key.public_raw(), AUD, NOW + 3600).unwrap_err();
+        // 60 s of leeway, as jsonwebtoken gives autopush.
+        verify_jwt(&jwt, &key.public_raw(), AUD, NOW + 3600 + 60).unwrap();
+        let err = verify_jwt(&jwt, &key.public_raw(), AUD, NOW + 3600 + 61).unwrap_err();
         assert!(matches!(err, VapidError::Expired), "{err}");
         let far = sign_jwt(&key, AUD, "mailto:a@b", NOW + 25 * 3600).unwrap();
         let err = verify_jwt(&far, &key.public_raw(), AUD, NOW).unwrap_err();
@@ -432,13 +459,26 @@ mod tests {
             parse_authorization(&format!("WebPush {jwt}"), Some(&crypto_key)).unwrap();
         assert_eq!((jwt2, raw2), (jwt.clone(), key.public_raw().to_vec()));
 
-        // Parameter order and case do not matter.
+        // Parameter order and scheme case do not matter; parameter names do.
         let swapped = format!("Vapid k={k},t={jwt}");
         assert!(parse_authorization(&swapped, None).is_ok());
+        assert!(parse_authorization(&format!("vapid T={jwt}, K={k}"), None).is_err());
+        // Bearer is the draft scheme too; standard base64 and padding are fine.
+        let std_key = base64::engine::general_purpose::STANDARD.encode(key.public_raw());
+        let (_, raw3) = parse_authorization(
+            &format!("Bearer {jwt}"),
+            Some(&format!("p256ecdsa={std_key}")),
+        )
+        .unwrap();
+        assert_eq!(raw3, key.public_raw().to_vec());
         // The draft form needs the Crypto-Key header.
         assert!(matches!(
             parse_authorization(&format!("WebPush {jwt}"), None),
-            Err(VapidError::MissingKey)
+            Err(VapidError::DraftCryptoKey(_))
+        ));
+        assert!(matches!(
+            parse_authorization(&format!("WebPush {jwt}"), Some("dh=x;")),
+            Err(VapidError::DraftCryptoKey(_))
         ));
     }
 
