@@ -1,5 +1,6 @@
-//! The local push server speaks autopush as PROTOCOL.md describes it: driven here by a raw
-//! WebSocket client and plain HTTP POSTs, the way Firefox and application servers do.
+//! The local push server behaves like autopush-rs 1.83.1 (docs/push-server.md): driven here
+//! by a raw WebSocket client and plain HTTP POSTs, the way Firefox and application servers
+//! do.
 //!
 //! Every wait has a timeout; "nothing arrives" is checked with a short quiet window.
 
@@ -16,6 +17,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use webpushd::server::{DeliverOutcome, PushServer, ServerOptions, Step};
@@ -268,12 +271,18 @@ async fn push(endpoint: &str, body: &[u8]) -> HttpResponse {
     .await
 }
 
-fn vapid_header(key: &VapidKey, aud: &str) -> String {
-    let exp = std::time::SystemTime::now()
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs()
-        + 3600;
+}
+
+fn vapid_header(key: &VapidKey, aud: &str) -> String {
+    vapid_header_exp(key, aud, now_secs() + 3600)
+}
+
+fn vapid_header_exp(key: &VapidKey, aud: &str, exp: u64) -> String {
     vapid::authorization_header(key, aud, "mailto:test@example.com", exp).expect("sign")
 }
 
@@ -303,17 +312,20 @@ async fn hello_assigns_a_uaid_and_keeps_it_for_a_registered_client() {
     assert_eq!(h.server.stats().hellos, 4);
 }
 
+/// autopush's `ClientMessage` is a serde enum: `HELLO` or `Register` is no message type.
 #[tokio::test]
-async fn message_type_is_matched_case_insensitively() {
+async fn message_type_is_matched_case_sensitively() {
     let h = start().await;
     let mut c = h.connect().await;
     c.send(json!({"messageType": "HELLO", "use_webpush": true}))
         .await;
-    let reply = c.recv_type("hello").await;
-    assert!(is_uaid(reply["uaid"].as_str().unwrap()));
+    assert_eq!(c.ending().await, Ending::Closed(1011, "Json".into()));
+
+    let mut c = h.connect().await;
+    c.hello(None).await;
     c.send(json!({"messageType": "Register", "channelID": CH1}))
         .await;
-    assert_eq!(c.recv_type("register").await["status"], 200);
+    assert_eq!(c.ending().await, Ending::Closed(1011, "Json".into()));
 }
 
 #[tokio::test]
@@ -325,10 +337,38 @@ async fn first_message_must_be_hello_within_the_timeout() {
         Ending::Closed(1011, "HandshakeTimeout".into())
     );
 
+    // A message that parses but is not a hello is refused by the state machine.
     let mut c = h.connect().await;
     c.send(json!({"messageType": "register", "channelID": CH1}))
         .await;
-    assert!(matches!(c.ending().await, Ending::Closed(1011, _)));
+    assert_eq!(c.ending().await, Ending::Closed(1011, "SM".into()));
+    let mut c = h.connect().await;
+    c.send_text("{}").await;
+    assert_eq!(c.ending().await, Ending::Closed(1011, "SM".into()));
+    // One that does not parse is a JSON error.
+    let mut c = h.connect().await;
+    c.send_text("hello?").await;
+    assert_eq!(c.ending().await, Ending::Closed(1011, "Json".into()));
+    // A non-UUID in the hello's channelIDs fails to parse too.
+    let mut c = h.connect().await;
+    c.send(json!({"messageType": "hello", "use_webpush": true, "channelIDs": ["nope"]}))
+        .await;
+    assert_eq!(c.ending().await, Ending::Closed(1011, "Json".into()));
+    // A WebSocket ping (or pong) as the first frame is unsupported.
+    let mut c = h.connect().await;
+    c.ws.send(Message::Ping(Bytes::from_static(b"hi")))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.ending().await,
+        Ending::Closed(1003, "UnsupportedMessage".into())
+    );
+    let mut c = h.connect().await;
+    c.ws.send(Message::Pong(Bytes::new())).await.unwrap();
+    assert_eq!(
+        c.ending().await,
+        Ending::Closed(1003, "UnsupportedMessage".into())
+    );
 }
 
 /// Firefox asks for `push-notification`; autopush-rs upgrades and names no subprotocol
@@ -434,16 +474,55 @@ async fn empty_and_aesgcm_pushes() {
             ("TTL", "60"),
             ("Content-Encoding", "aesgcm"),
             ("Encryption", "salt=\"c2FsdHNhbHRzYWx0\""),
-            ("Crypto-Key", "dh=BCdh; p256ecdsa=BKey"),
+            ("Crypto-Key", "dh=BCdh==; p256ecdsa=BKey"),
         ],
         b"ciphertext",
     )
     .await;
     assert_eq!(resp.status, 201);
     let n = c.recv_type("notification").await;
-    assert_eq!(n["headers"]["encoding"], "aesgcm");
-    assert_eq!(n["headers"]["encryption"], "salt=c2FsdHNhbHRzYWx0");
-    assert_eq!(n["headers"]["crypto_key"], "dh=BCdh;p256ecdsa=BKey");
+    // Forwarded as autopush does: quotes and padding gone, spaces kept.
+    assert_eq!(
+        n["headers"],
+        json!({"encoding": "aesgcm", "encryption": "salt=c2FsdHNhbHRzYWx0",
+               "crypto_key": "dh=BCdh; p256ecdsa=BKey"})
+    );
+
+    // aesgcm without Crypto-Key is accepted.
+    let resp = post(
+        &endpoint,
+        &[
+            ("TTL", "60"),
+            ("Content-Encoding", "aesgcm"),
+            ("Encryption", "salt=c2FsdA"),
+        ],
+        b"ciphertext",
+    )
+    .await;
+    assert_eq!(resp.status, 201, "{}", resp.json);
+    let n = c.recv_type("notification").await;
+    assert_eq!(
+        n["headers"],
+        json!({"encoding": "aesgcm", "encryption": "salt=c2FsdA"})
+    );
+
+    // aes128gcm forwards a Crypto-Key (here a draft-VAPID p256ecdsa) too.
+    let resp = post(
+        &endpoint,
+        &[
+            ("TTL", "60"),
+            ("Content-Encoding", "aes128gcm"),
+            ("Crypto-Key", "p256ecdsa=BKey=="),
+        ],
+        b"ciphertext",
+    )
+    .await;
+    assert_eq!(resp.status, 201, "{}", resp.json);
+    let n = c.recv_type("notification").await;
+    assert_eq!(
+        n["headers"],
+        json!({"encoding": "aes128gcm", "crypto_key": "p256ecdsa=BKey"})
+    );
 }
 
 #[tokio::test]
@@ -627,25 +706,76 @@ async fn unregister_deletes_the_channel() {
     let resp = push(&endpoint, b"too late").await;
     assert_eq!((resp.status, resp.json["errno"].as_u64()), (410, Some(106)));
 
-    // Unknown channels are fine too.
-    c.send(json!({"messageType": "unregister", "channelID": CH2}))
+    // Unknown channels are fine too, in any UUID spelling; the reply names the channel
+    // in its lower-case dashed form.
+    c.send(json!({"messageType": "unregister", "channelID": CH2.to_uppercase()}))
         .await;
-    assert_eq!(c.recv_type("unregister").await["status"], 200);
+    let reply = c.recv_type("unregister").await;
+    assert_eq!(
+        (reply["status"].as_u64(), reply["channelID"].as_str()),
+        (Some(200), Some(CH2))
+    );
     assert_eq!(h.server.stats().unregisters[1], (CH2.to_owned(), 200));
+    // A channelID that is no UUID does not parse.
+    c.send(json!({"messageType": "unregister", "channelID": "nope"}))
+        .await;
+    assert_eq!(c.ending().await, Ending::Closed(1011, "Json".into()));
 }
 
+/// autopush's `remove_channel` (Redis and Bigtable) leaves the channel's stored messages:
+/// an unacknowledged one still comes back after a reconnect.
 #[tokio::test]
-async fn too_many_stored_messages_drop_the_user_record() {
-    let h = start_with(|o| o.max_stored_messages = 5).await;
+async fn unregister_keeps_stored_messages() {
+    let h = start().await;
+    let (mut c, uaid, endpoint) = h.subscribed(CH1, None).await;
+    assert_eq!(push(&endpoint, b"kept").await.status, 201);
+    let n = c.recv_type("notification").await;
+    c.send(json!({"messageType": "unregister", "channelID": CH1}))
+        .await;
+    c.recv_type("unregister").await;
+    assert_eq!(h.server.stats().stored_messages, 1);
+    drop(c);
+    h.wait_until("disconnect", |s| !s.is_connected(&uaid)).await;
+
+    let mut c = h.connect().await;
+    assert_eq!(c.hello(Some(&uaid)).await, uaid);
+    let again = c.recv_type("notification").await;
+    assert_eq!(again["version"], n["version"]);
+    c.ack(&again).await;
+    h.wait_until("ack", |s| s.stats().stored_messages == 0)
+        .await;
+}
+
+/// autopush's `msg_limit`: the endpoint keeps answering 201 for an offline client; the
+/// user record goes only when the client, reading storage, passes the limit.
+#[tokio::test]
+async fn too_many_stored_messages_drop_the_user_record_while_reading() {
+    let h = start_with(|o| o.max_stored_messages = 15).await;
     let (c, uaid, endpoint) = h.subscribed(CH1, None).await;
     drop(c);
     h.wait_until("disconnect", |s| !s.is_connected(&uaid)).await;
-    for _ in 0..6 {
+    for _ in 0..25 {
         assert_eq!(push(&endpoint, b"x").await.status, 201);
     }
-    let resp = push(&endpoint, b"x").await;
-    assert_eq!(resp.status, 410);
+    assert_eq!(h.server.stats().uaid_resets, 0);
+
+    let mut c = h.connect().await;
+    assert_eq!(c.hello(Some(&uaid)).await, uaid);
+    let mut batch = Vec::new();
+    for _ in 0..10 {
+        batch.push(c.recv_type("notification").await);
+    }
+    for n in &batch {
+        c.ack(n).await;
+    }
+    // The second batch would make 20 > 15: the user is dropped, the connection closed.
+    assert_eq!(c.ending().await, Ending::Closed(1000, "SM".into()));
     assert_eq!(h.server.stats().uaid_resets, 1);
+    assert_eq!(h.server.stats().stored_messages, 0);
+    let resp = push(&endpoint, b"x").await;
+    assert_eq!((resp.status, resp.json["errno"].as_u64()), (410, Some(106)));
+
+    // The client's next hello with the old uaid gets a new one, with nothing stored.
     let mut c = h.connect().await;
     let fresh = c.hello(Some(&uaid)).await;
     assert_ne!(fresh, uaid);
@@ -655,6 +785,58 @@ async fn too_many_stored_messages_drop_the_user_record() {
     c.register(CH1, None).await;
     h.server.drop_user(&fresh).unwrap();
     assert_eq!(c.ending().await, Ending::Closed(1000, "SM".into()));
+}
+
+/// autopush moves its storage read pointer only when a whole batch is acked: after a
+/// partial ack and a reconnect, the batch comes back whole, acked messages included
+/// (a message with a topic is deleted on its ack, though).
+#[tokio::test]
+async fn partly_acked_batch_is_redelivered_whole() {
+    let h = start().await;
+    let (c, uaid, endpoint) = h.subscribed(CH1, None).await;
+    drop(c);
+    h.wait_until("disconnect", |s| !s.is_connected(&uaid)).await;
+    for body in [&b"a"[..], b"b", b"c"] {
+        assert_eq!(push(&endpoint, body).await.status, 201);
+    }
+    let topic = [
+        ("TTL", "60"),
+        ("Content-Encoding", "aes128gcm"),
+        ("Topic", "t"),
+    ];
+    assert_eq!(post(&endpoint, &topic, b"d").await.status, 201);
+
+    let mut c = h.connect().await;
+    c.hello(Some(&uaid)).await;
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        first.push(c.recv_type("notification").await);
+    }
+    c.ack(&first[0]).await;
+    c.ack(&first[3]).await;
+    h.wait_until("the topic ack", |s| s.stats().acks.len() == 2)
+        .await;
+    drop(c);
+    h.wait_until("disconnect", |s| !s.is_connected(&uaid)).await;
+
+    let mut c = h.connect().await;
+    c.hello(Some(&uaid)).await;
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        again.push(c.recv_type("notification").await);
+    }
+    c.assert_quiet().await;
+    let versions = |ns: &[Value]| ns.iter().map(|n| n["version"].clone()).collect::<Vec<_>>();
+    assert_eq!(versions(&again), versions(&first[..3]));
+    for n in &again {
+        c.ack(n).await;
+    }
+    h.wait_until("the batch to be done", |s| s.stats().stored_messages == 0)
+        .await;
+    drop(c);
+    let mut c = h.connect().await;
+    c.hello(Some(&uaid)).await;
+    c.assert_quiet().await;
 }
 
 #[tokio::test]
@@ -685,52 +867,104 @@ async fn upper_case_channel_id_closes_1011() {
     assert!(matches!(c.ending().await, Ending::Closed(1011, _)));
 }
 
+/// autopush only base64url-decodes `key` (and hashes it into the endpoint): any bytes
+/// are fine; what does not decode gets status 400 and "Failed to generate endpoint".
 #[tokio::test]
-async fn bad_register_key_gets_status_400() {
+async fn register_key_is_only_base64url_decoded() {
     let h = start().await;
     let mut c = h.connect().await;
     c.hello(None).await;
-    for key in ["not base64!", "AAAA", ""] {
+    for key in ["AAAA", "", "AAAA==", "c29tZSBieXRlcw"] {
+        c.send(json!({"messageType": "register", "channelID": CH1, "key": key}))
+            .await;
+        let reply = c.recv_type("register").await;
+        assert_eq!(reply["status"], 200, "{key:?}: {reply}");
+        assert!(
+            reply["pushEndpoint"]
+                .as_str()
+                .unwrap()
+                .contains("/wpush/v2/"),
+            "{reply}"
+        );
+    }
+    for key in ["not base64!", "ab+/cd", "A"] {
         c.send(json!({"messageType": "register", "channelID": CH1, "key": key}))
             .await;
         let reply = c.recv_type("register").await;
         assert_eq!(reply["status"], 400, "{key:?}: {reply}");
-        assert!(reply.get("pushEndpoint").is_none());
+        assert_eq!(reply["pushEndpoint"], "Failed to generate endpoint");
     }
 }
 
 #[tokio::test]
 async fn malformed_client_messages_close_1011() {
     let h = start().await;
-    for bad in [
-        "not json",
-        "[]",
-        r#"{"messageType":"bogus"}"#,
-        r#"{"messageType":"ack","updates":"nope"}"#,
-        r#"{"messageType":"register"}"#,
-        r#"{"messageType":"hello"}"#,
-        r#"{"foo":1}"#,
+    for (bad, reason) in [
+        ("not json", "Json"),
+        ("[]", "Json"),
+        (r#"{"messageType":"bogus"}"#, "Json"),
+        (r#"{"messageType":"ack","updates":"nope"}"#, "Json"),
+        (
+            r#"{"messageType":"ack","updates":[{"channelID":"nope","version":"v"}]}"#,
+            "Json",
+        ),
+        (
+            r#"{"messageType":"ack","updates":[{"channelID":"8f5e7a4c-2b3d-4e6f-9a1b-0c2d3e4f5a6b","version":"v","code":70000}]}"#,
+            "Json",
+        ),
+        (r#"{"messageType":"nack","code":1}"#, "Json"),
+        (r#"{"messageType":"register"}"#, "Json"),
+        (r#"{"messageType":"hello"}"#, "SM"),
+        (r#"{"foo":1}"#, "Json"),
     ] {
         let mut c = h.connect().await;
         c.hello(None).await;
         c.send_text(bad).await;
-        assert!(matches!(c.ending().await, Ending::Closed(1011, _)), "{bad}");
+        assert_eq!(
+            c.ending().await,
+            Ending::Closed(1011, reason.into()),
+            "{bad}"
+        );
     }
+
+    // What autopush's types accept: an upper-case ack channelID, a negative nack code.
+    let mut c = h.connect().await;
+    c.hello(None).await;
+    c.send(json!({"messageType": "ack", "updates": [{"channelID": CH1.to_uppercase(), "version": "v"}]}))
+        .await;
+    c.send(json!({"messageType": "nack", "version": "v", "code": -5}))
+        .await;
+    c.send_text("{}").await;
+    assert_eq!(c.recv().await, json!({}));
+    assert_eq!(
+        h.server.stats().acks,
+        vec![(CH1.to_owned(), "v".to_owned(), 0)]
+    );
+    assert_eq!(h.server.stats().nacks, vec![("v".to_owned(), 0)]);
 }
 
 #[tokio::test]
-async fn binary_and_oversized_frames_close() {
+async fn binary_oversized_and_invalid_utf8_frames_close() {
     let h = start().await;
     let mut c = h.connect().await;
     c.hello(None).await;
     c.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
-    assert!(matches!(c.ending().await, Ending::Closed(1003, _)));
+    assert_eq!(
+        c.ending().await,
+        Ending::Closed(1003, "UnsupportedMessage".into())
+    );
 
     let mut c = h.connect().await;
     c.hello(None).await;
     let big = format!(r#"{{"messageType":"ping","pad":"{}"}}"#, "x".repeat(70_000));
     c.send_text(&big).await;
-    assert!(matches!(c.ending().await, Ending::Closed(1002, _)));
+    assert_eq!(c.ending().await, Ending::Closed(1002, "Protocol".into()));
+
+    let mut c = h.connect().await;
+    c.hello(None).await;
+    let frame = Frame::message(&b"{\"a\":\"\xff\"}"[..], OpCode::Data(Data::Text), true);
+    c.ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(c.ending().await, Ending::Closed(1002, "Protocol".into()));
 }
 
 #[tokio::test]
@@ -741,10 +975,7 @@ async fn client_pings_are_answered_but_not_twice_within_the_window() {
     c.send_text("{}").await;
     assert_eq!(c.recv().await, json!({}));
     c.send(json!({"messageType": "ping"})).await;
-    assert_eq!(
-        c.ending().await,
-        Ending::Closed(1011, "ExcessivePing".into())
-    );
+    assert_eq!(c.ending().await, Ending::Closed(1011, "SM".into()));
     assert_eq!(h.server.stats().pings, 2);
 
     let h = start_with(|o| o.client_ping_min_interval = Duration::from_millis(100)).await;
@@ -753,7 +984,7 @@ async fn client_pings_are_answered_but_not_twice_within_the_window() {
     c.send_text("{}").await;
     assert_eq!(c.recv().await, json!({}));
     tokio::time::sleep(Duration::from_millis(150)).await; // outside the window
-    c.send(json!({"messageType": "PING"})).await;
+    c.send(json!({"messageType": "ping"})).await;
     assert_eq!(c.recv().await, json!({}));
 }
 
@@ -763,7 +994,7 @@ async fn second_connection_with_the_same_uaid_closes_the_first() {
     let (mut first, uaid, _) = h.subscribed(CH1, None).await;
     let mut second = h.connect().await;
     assert_eq!(second.hello(Some(&uaid)).await, uaid);
-    assert!(matches!(first.ending().await, Ending::Closed(1011, _)));
+    assert_eq!(first.ending().await, Ending::Closed(1011, "SM".into()));
     // Pushes now reach the second connection.
     h.server.deliver(CH1, vec![], None, 60).unwrap();
     second.recv_type("notification").await;
@@ -885,6 +1116,24 @@ async fn http_endpoint_status_codes() {
         400,
         Some(110),
     );
+    // Content-Encoding is compared exactly.
+    check(
+        post(
+            &endpoint,
+            &[("TTL", "60"), ("Content-Encoding", "AES128GCM")],
+            b"x",
+        )
+        .await,
+        400,
+        Some(110),
+    );
+    // A negative TTL is reported after the crypto headers.
+    check(
+        post(&endpoint, &[("TTL", "-1")], b"x").await,
+        400,
+        Some(110),
+    );
+    // aesgcm needs no Crypto-Key (autopush checks its dh only when it is sent).
     check(
         post(
             &endpoint,
@@ -896,13 +1145,34 @@ async fn http_endpoint_status_codes() {
             b"x",
         )
         .await,
+        201,
+        None,
+    );
+    check(
+        post(
+            &endpoint,
+            &[
+                ("TTL", "60"),
+                ("Content-Encoding", "aesgcm"),
+                ("Encryption", "salt=abc"),
+                ("Crypto-Key", "dh=abc;"),
+            ],
+            b"x",
+        )
+        .await,
         400,
         Some(110),
     );
+    // Urgency is not looked at.
     check(
         post(&endpoint, &[("TTL", "60"), aes, ("Urgency", "asap")], b"x").await,
-        400,
+        201,
         None,
+    );
+    check(
+        post(&endpoint, &[("TTL", "60"), aes, ("Topic", "a=b")], b"x").await,
+        400,
+        Some(113),
     );
     check(
         post(
@@ -914,13 +1184,14 @@ async fn http_endpoint_status_codes() {
         400,
         Some(113),
     );
+    // autopush's max_data_bytes: 5630.
     check(
-        post(&endpoint, &[("TTL", "60"), aes], &[0u8; 5000]).await,
+        post(&endpoint, &[("TTL", "60"), aes], &[0u8; 5631]).await,
         413,
         Some(104),
     );
     check(
-        post(&endpoint, &[("TTL", "60"), aes], &[0u8; 4096]).await,
+        post(&endpoint, &[("TTL", "60"), aes], &[0u8; 5630]).await,
         201,
         None,
     );
@@ -938,18 +1209,43 @@ async fn http_endpoint_status_codes() {
         404,
         Some(102),
     );
-    check(http("GET", &endpoint, &[], b"").await, 405, None);
     check(
-        http("GET", &format!("{base}/nothing"), &[], b"").await,
+        post(&format!("{base}/wpush/v3/{token}"), &[("TTL", "60")], b"").await,
         404,
+        Some(102),
+    );
+    // `/wpush/{token}` is a v1 endpoint.
+    check(
+        post(&format!("{base}/wpush/{token}"), &[("TTL", "60")], b"").await,
+        201,
         None,
     );
+    // Wrong method and unknown paths: empty bodies, as autopush.
+    for (method, url, status) in [
+        ("GET", endpoint.clone(), 405),
+        ("GET", format!("{base}/nothing"), 404),
+        ("POST", format!("{base}/m/abc"), 405),
+    ] {
+        let resp = http(method, &url, &[], b"").await;
+        assert_eq!((resp.status, &resp.json), (status, &Value::Null), "{url}");
+    }
+    // Dockerflow health routes.
+    assert_eq!(
+        http("GET", &format!("{base}/__lbheartbeat__"), &[], b"")
+            .await
+            .status,
+        200
+    );
+    let resp = http("GET", &format!("{base}/__heartbeat__"), &[], b"").await;
+    assert_eq!((resp.status, &resp.json["status"]), (200, &json!("OK")));
+    let resp = http("GET", &format!("{base}/__version__"), &[], b"").await;
+    assert!(resp.json["version"].is_string(), "{}", resp.json);
 
-    // TTL is capped at 60 days and echoed.
+    // TTL is capped at 30 days and echoed.
     let resp = post(&endpoint, &[("TTL", "99999999")], b"").await;
     assert_eq!(
         (resp.status, resp.headers["ttl"].to_str().unwrap()),
-        (201, "5184000")
+        (201, "2592000")
     );
     // An application server may cancel a message it sent.
     let location = resp.headers["location"].to_str().unwrap().to_owned();
@@ -967,8 +1263,9 @@ async fn unknown_user_or_channel_is_gone() {
     assert_eq!((resp.status, resp.json["errno"].as_u64()), (410, Some(106)));
     assert_eq!(resp.headers["cache-control"], "max-age=86400");
     h.server.drop_user(&uaid).unwrap();
+    // An unknown user is "No such subscription" too: autopush never sends 103 here.
     let resp = push(&endpoint, b"x").await;
-    assert_eq!((resp.status, resp.json["errno"].as_u64()), (410, Some(103)));
+    assert_eq!((resp.status, resp.json["errno"].as_u64()), (410, Some(106)));
 }
 
 #[tokio::test]
@@ -1040,6 +1337,79 @@ async fn v2_endpoints_require_the_registered_vapid_key() {
     .await;
     assert_eq!(resp.status, 201, "{}", resp.json);
     c.recv_type("notification").await;
+}
+
+/// autopush-rs's VAPID rules, beyond the basics above.
+#[tokio::test]
+async fn vapid_rules_follow_autopush() {
+    let h = start().await;
+    let key = VapidKey::generate().unwrap();
+    let (mut c, _, endpoint) = h.subscribed(CH1, Some(&key)).await;
+    let aud = h.server.http_base();
+    let aes = ("Content-Encoding", "aes128gcm");
+    let send = |auth: String, extra: Option<(&'static str, String)>| {
+        let endpoint = endpoint.clone();
+        async move {
+            let mut headers = vec![("TTL", "60".to_owned()), (aes.0, aes.1.to_owned())];
+            headers.push(("Authorization", auth));
+            headers.extend(extra);
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            post(&endpoint, &headers, b"x").await
+        }
+    };
+    let status = |resp: HttpResponse| (resp.status, resp.json["errno"].as_u64());
+
+    // 60 s of leeway on exp.
+    let resp = send(vapid_header_exp(&key, &aud, now_secs() - 30), None).await;
+    assert_eq!(resp.status, 201, "{}", resp.json);
+    c.recv_type("notification").await;
+    let resp = send(vapid_header_exp(&key, &aud, now_secs() - 120), None).await;
+    assert_eq!(status(resp), (401, Some(109)));
+    // aud must be the origin exactly: no trailing slash.
+    let resp = send(vapid_header(&key, &format!("{aud}/")), None).await;
+    assert_eq!(status(resp), (401, Some(109)));
+
+    // Standard base64 (padded) keys, and the Bearer scheme with Crypto-Key.
+    let good = vapid_header(&key, &aud);
+    let (jwt, _) = vapid::parse_authorization(&good, None).unwrap();
+    let std_key = base64::engine::general_purpose::STANDARD.encode(key.public_raw());
+    let resp = send(format!("vapid t={jwt}, k={std_key}"), None).await;
+    assert_eq!(resp.status, 201, "{}", resp.json);
+    c.recv_type("notification").await;
+    let crypto_key = format!("p256ecdsa={}", URL_SAFE_NO_PAD.encode(key.public_raw()));
+    let resp = send(format!("Bearer {jwt}"), Some(("Crypto-Key", crypto_key))).await;
+    assert_eq!(resp.status, 201, "{}", resp.json);
+    c.recv_type("notification").await;
+    // The draft scheme without a usable Crypto-Key is an encryption error, 400/110.
+    let resp = send(format!("WebPush {jwt}"), None).await;
+    assert_eq!(status(resp), (400, Some(110)));
+    let resp = send(
+        format!("WebPush {jwt}"),
+        Some(("Crypto-Key", "dh=abc".to_owned())),
+    )
+    .await;
+    assert_eq!(status(resp), (400, Some(110)));
+
+    // The JWT is checked before the user and channel: an unsubscribed endpoint with an
+    // expired JWT is 401, not 410; also on a v1 endpoint.
+    c.send(json!({"messageType": "unregister", "channelID": CH1}))
+        .await;
+    c.recv_type("unregister").await;
+    let expired = vapid_header_exp(&key, &aud, now_secs() - 3600);
+    let resp = send(expired.clone(), None).await;
+    assert_eq!(status(resp), (401, Some(109)));
+    let reply = c.register(CH2, None).await;
+    let v1 = reply["pushEndpoint"].as_str().unwrap().to_owned();
+    let resp = post(
+        &v1,
+        &[("TTL", "60"), aes, ("Authorization", &expired)],
+        b"x",
+    )
+    .await;
+    assert_eq!(status(resp), (401, Some(109)));
+    let resp = post(&v1, &[("TTL", "60"), aes, ("Authorization", &good)], b"x").await;
+    assert_eq!(resp.status, 201, "{}", resp.json);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1147,7 +1517,8 @@ async fn fault_register_status() {
     faults.set_register_status(Some(409));
     let reply = c.register(CH1, None).await;
     assert_eq!(reply["status"], 409);
-    assert!(reply.get("pushEndpoint").is_none());
+    // autopush always names a pushEndpoint; "" when registering failed.
+    assert_eq!(reply["pushEndpoint"], "");
     faults.set_register_status(None);
     assert_eq!(c.register(CH1, None).await["status"], 200);
 }

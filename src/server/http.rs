@@ -1,8 +1,10 @@
 //! The HTTP side (autoendpoint, RFC 8030): application servers POST pushes here.
 //!
 //! Checks run in autoendpoint's order so status codes match what a real sender sees:
-//! token (404), VAPID header and key (401), user and channel (410), JWT (401), body size
-//! (413), then headers (400). The body is read with a hard limit, never buffered unbounded.
+//! token (404), VAPID header (401; 400 for the draft scheme's Crypto-Key), JWT (401),
+//! token version and VAPID key binding (404/401), user and channel (410), body size
+//! (413), then TTL, encryption and Topic headers (400). See `docs/push-server.md`. The
+//! body is read with a hard limit, never buffered unbounded.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{now_unix, short, PushMessage, Rejection, ServerError, Shared, MAX_TTL};
+use super::{now_unix, short, too_large, PushMessage, Rejection, ServerError, Shared, MAX_TTL};
 use crate::vapid;
 
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,94 +75,144 @@ pub(crate) async fn serve(
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let post = req.method() == Method::POST;
     let result = match segments.as_slice() {
-        ["wpush", api @ ("v1" | "v2"), token] => {
-            if req.method() != Method::POST {
-                Err(Rejection::new(405, None, "Method not allowed").into())
-            } else {
-                let version = if *api == "v1" { 1 } else { 2 };
-                push(shared, version, token, req).await
-            }
+        // As autoendpoint's routes: `/wpush/{token}` is a v1 endpoint, any other version
+        // than v1 and v2 is 404 errno 102.
+        ["wpush", token] if post => push(shared, Some(1), token, req).await,
+        ["wpush", api, token] if post => {
+            let version = match *api {
+                "v1" => Some(1),
+                "v2" => Some(2),
+                _ => None,
+            };
+            push(shared, version, token, req).await
         }
+        ["wpush", _] | ["wpush", _, _] => return empty(StatusCode::METHOD_NOT_ALLOWED),
         ["m", message_id] => {
             if req.method() != Method::DELETE {
-                Err(Rejection::new(405, None, "Method not allowed").into())
-            } else {
-                delete_message(shared, message_id)
+                return empty(StatusCode::METHOD_NOT_ALLOWED);
             }
+            delete_message(shared, message_id)
         }
-        _ => Err(Rejection::new(404, None, "Not found").into()),
+        // Dockerflow health routes, as autoendpoint answers them.
+        ["__lbheartbeat__"] if req.method() == Method::GET => return empty(StatusCode::OK),
+        ["__heartbeat__" | "health"] if req.method() == Method::GET => {
+            return json_response(serde_json::json!({
+                "status": "OK",
+                "version": env!("CARGO_PKG_VERSION"),
+            }))
+        }
+        ["__version__"] if req.method() == Method::GET => {
+            return json_response(serde_json::json!({
+                "source": "webpushd",
+                "version": env!("CARGO_PKG_VERSION"),
+                "commit": "",
+                "build": "",
+            }))
+        }
+        ["__lbheartbeat__" | "__heartbeat__" | "health" | "__version__"] => {
+            return empty(StatusCode::METHOD_NOT_ALLOWED)
+        }
+        // Unknown paths: 404 with an empty body, as autopush.
+        _ => return empty(StatusCode::NOT_FOUND),
     };
     match result {
         Ok(resp) => resp,
         Err(ServerError::Rejected(r)) => error_response(&r),
         Err(ServerError::Store(e)) if e.is_busy() => {
-            error_response(&Rejection::new(503, Some(201), "Storage busy, retry later"))
+            error_response(&Rejection::new(503, None, "Storage busy, retry later"))
         }
         Err(e) => {
             tracing::warn!(error = %e, "push failed");
-            error_response(&Rejection::new(500, Some(999), "Internal server error"))
+            error_response(&Rejection::new(500, None, "Internal server error"))
         }
     }
 }
 
+fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn json_response(body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
 async fn push(
     shared: &Shared,
-    version: u8,
+    version: Option<u8>,
     token: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ServerError> {
-    let info = shared
-        .parse_token(version, token)
-        .ok_or_else(|| Rejection::new(404, Some(102), "Invalid token"))?;
+    let Some(version) = version else {
+        return Err(Rejection::new(404, Some(102), "Invalid API version").into());
+    };
+    let invalid_token = || Rejection::new(404, Some(102), "Invalid token");
+    // autoendpoint first decrypts the token (any version) and checks its length for the
+    // path's version only after VAPID.
+    let info = shared.parse_token_any(token).ok_or_else(invalid_token)?;
     let headers = req.headers().clone();
     let unauthorized = |m: &str| Rejection::new(401, Some(109), m);
 
-    // VAPID: parsed whenever present, required and bound to the key on v2 endpoints.
+    // VAPID: parsed and its JWT checked whenever present (v1 endpoints too).
     let vapid = match header(&headers, "authorization") {
         None => None,
         Some(auth) => Some(
-            vapid::parse_authorization(auth, header(&headers, "crypto-key"))
-                .map_err(|e| unauthorized(&e.to_string()))?,
+            vapid::parse_authorization(auth, header(&headers, "crypto-key")).map_err(
+                |e| match e {
+                    vapid::VapidError::DraftCryptoKey(m) => Rejection::new(400, Some(110), m),
+                    e => unauthorized(&e.to_string()),
+                },
+            )?,
         ),
     };
+    if let Some((jwt, key)) = &vapid {
+        vapid::verify_jwt(jwt, key, &shared.http_base, now_unix())
+            .map_err(|e| unauthorized(&format!("Invalid VAPID token: {e}")))?;
+    }
+    let expected_len_ok = match version {
+        1 => info.key_hash.is_none(),
+        _ => info.key_hash.is_some(),
+    };
+    if !expected_len_ok {
+        return Err(invalid_token().into());
+    }
     if let Some(expected) = info.key_hash {
         let (_, key) = vapid
             .as_ref()
-            .ok_or_else(|| unauthorized("Missing VAPID Authorization for a v2 endpoint"))?;
+            .ok_or_else(|| unauthorized("Missing VAPID public key"))?;
         if !openssl::memcmp::eq(&openssl::sha::sha256(key), &expected) {
             return Err(unauthorized("VAPID public key mismatch").into());
         }
     }
     shared.check_channel(&info.uaid, &info.channel_id)?;
-    if let Some((jwt, key)) = &vapid {
-        vapid::verify_jwt(jwt, key, &shared.http_base, now_unix())
-            .map_err(|e| unauthorized(&format!("Invalid VAPID token: {e}")))?;
-    }
 
     let body = read_body(shared.opts.max_body, req).await?;
 
+    // Untrimmed, as autoendpoint parses it; the sign is judged after the crypto headers.
     let ttl = header(&headers, "ttl")
-        .and_then(|t| t.trim().parse::<i64>().ok())
-        .ok_or_else(|| Rejection::new(400, Some(111), "Missing TTL header"))?;
-    if ttl < 0 {
-        return Err(Rejection::new(400, Some(114), "TTL must be greater than 0").into());
-    }
-    let ttl = u32::try_from(ttl).unwrap_or(MAX_TTL).min(MAX_TTL);
+        .and_then(|t| t.parse::<i64>().ok())
+        .ok_or_else(|| Rejection::new(400, Some(111), "Missing TTL value"))?;
+    let clamped = u32::try_from(ttl.clamp(0, i64::from(MAX_TTL))).unwrap_or(MAX_TTL);
     let msg = PushMessage {
         body: body.to_vec(),
         content_encoding: header(&headers, "content-encoding").map(str::to_owned),
         encryption: header(&headers, "encryption").map(str::to_owned),
         crypto_key: header(&headers, "crypto-key").map(str::to_owned),
-        ttl,
+        ttl: clamped,
         topic: header(&headers, "topic").map(str::to_owned),
         urgency: header(&headers, "urgency").map(str::to_owned),
     };
-    let outcome = shared.accept(&info.uaid, &info.channel_id, msg)?;
+    let outcome = shared.accept_with(&info.uaid, &info.channel_id, msg, ttl < 0)?;
     tracing::debug!(
         uaid = short(&info.uaid),
         channel = %info.channel_id,
-        ttl,
+        ttl = clamped,
         outcome = outcome.kind(),
         "push accepted"
     );
@@ -170,7 +222,7 @@ async fn push(
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(LOCATION, v);
     }
-    resp.headers_mut().insert("ttl", HeaderValue::from(ttl));
+    resp.headers_mut().insert("ttl", HeaderValue::from(clamped));
     Ok(resp)
 }
 
@@ -178,7 +230,6 @@ async fn push(
 /// [`DRAIN_LIMIT`]) before the 413 goes out, so the client is not reset mid-upload and
 /// loses the answer; anything beyond that is cut off.
 async fn read_body(max: usize, req: Request<Incoming>) -> Result<Bytes, ServerError> {
-    let too_large = || Rejection::new(413, Some(104), "Data payload too large");
     let declared = header(req.headers(), "content-length").and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > DRAIN_LIMIT) {
         return Err(too_large().into());

@@ -2,8 +2,8 @@
 //! HTTP endpoint) in one process, backed by its own SQLite file.
 //!
 //! It is the daemon's "local push service" (`server_url = "local"`) and the server every
-//! integration test and benchmark talks to, so it follows `PROTOCOL.md` closely, quirks
-//! included, and can misbehave on request through [`Faults`]. It never trusts its input:
+//! integration test and benchmark talks to, so it behaves like autopush-rs wherever a push
+//! client or an application server can tell (see `docs/push-server.md`), quirks included, and can misbehave on request through [`Faults`]. It never trusts its input:
 //! every frame and request is parsed at the edge, sizes are bounded, nothing unwraps.
 //!
 //! Layout: `ws.rs` owns each WebSocket in its own task; `http.rs` answers application
@@ -41,8 +41,9 @@ pub use store::StoreError;
 use registry::{Command, Registry};
 use store::{ChannelLookup, NewMessage, Notification, Store};
 
-/// autopush caps TTL at 60 days rather than refusing longer ones.
-pub const MAX_TTL: u32 = 60 * 24 * 60 * 60;
+/// autopush caps TTL at 30 days (`MAX_NOTIFICATION_TTL_SECS`) rather than refusing
+/// longer ones; the capped value is what the `TTL` response header echoes.
+pub const MAX_TTL: u32 = 30 * 24 * 60 * 60;
 /// Stored messages are sent in batches of this many; the next batch waits for acks.
 const BATCH_SIZE: usize = 10;
 /// How many ack records `stats()` keeps (the oldest are forgotten first).
@@ -65,9 +66,11 @@ pub struct ServerOptions {
     pub server_ping_interval: Duration,
     /// No Pong within this long closes with 1011 "PongTimeout".
     pub pong_timeout: Duration,
-    /// Largest accepted push body; bigger ones get 413.
+    /// Largest accepted push body (autopush's `max_data_bytes`); bigger ones get 413.
     pub max_body: usize,
-    /// An offline uaid with more stored messages than this loses its user record.
+    /// autopush's `msg_limit`: a client that reads more than this many messages from
+    /// storage in one go loses its user record (close 1000 "SM", new uaid at next hello).
+    /// The endpoint never counts stored messages.
     pub max_stored_messages: usize,
 }
 
@@ -83,7 +86,7 @@ impl ServerOptions {
             client_ping_min_interval: Duration::from_secs(45),
             server_ping_interval: Duration::from_secs(300),
             pong_timeout: Duration::from_secs(4),
-            max_body: 4096,
+            max_body: 5630,
             max_stored_messages: 150,
         }
     }
@@ -210,7 +213,8 @@ pub struct ServerStats {
     pub notifications_sent: u64,
     /// Messages currently stored (not yet acknowledged, expired ones may linger).
     pub stored_messages: u64,
-    /// User records dropped for too many stored messages.
+    /// User records dropped because a client read too many messages from storage (or by
+    /// [`PushServer::drop_user`]).
     pub uaid_resets: u64,
 }
 
@@ -524,6 +528,13 @@ impl Shared {
         })
     }
 
+    /// Checks a token whatever its version (autoendpoint decrypts it before it looks at
+    /// the path's version); `key_hash` tells which one it is.
+    pub(crate) fn parse_token_any(&self, token: &str) -> Option<TokenInfo> {
+        self.parse_token(1, token)
+            .or_else(|| self.parse_token(2, token))
+    }
+
     /// `deliver`'s target: an endpoint URL, a bare token, or a channel ID.
     fn resolve_target(&self, target: &str) -> Result<(String, String), ServerError> {
         let target = target.trim();
@@ -551,12 +562,12 @@ impl Shared {
         Ok((info.uaid, info.channel_id))
     }
 
-    /// 410 unless the channel is registered.
+    /// 410 errno 106 unless the user exists and has the channel registered (autopush
+    /// answers "No such subscription" for both; it never sends 103 on this path).
     pub(crate) fn check_channel(&self, uaid: &str, channel_id: &str) -> Result<(), ServerError> {
         match self.store().lookup_channel(uaid, channel_id)? {
             ChannelLookup::Found => Ok(()),
-            ChannelLookup::NoUser => Err(Rejection::new(410, Some(103), "UAID not found").into()),
-            ChannelLookup::NoChannel => {
+            ChannelLookup::NoUser | ChannelLookup::NoChannel => {
                 Err(Rejection::new(410, Some(106), "No such subscription").into())
             }
         }
@@ -569,11 +580,24 @@ impl Shared {
         channel_id: &str,
         msg: PushMessage,
     ) -> Result<DeliverOutcome, ServerError> {
-        if msg.body.len() > self.opts.max_body {
-            return Err(Rejection::new(413, Some(104), "Data payload too large").into());
-        }
-        let headers = validate_push(&msg)?;
+        self.accept_with(uaid, channel_id, msg, false)
+    }
+
+    /// [`Shared::accept`] for the HTTP side, which knows whether the `TTL` header was
+    /// negative: autoendpoint reports that (400 errno 114) only after the encryption
+    /// headers pass.
+    pub(crate) fn accept_with(
+        &self,
+        uaid: &str,
+        channel_id: &str,
+        msg: PushMessage,
+        negative_ttl: bool,
+    ) -> Result<DeliverOutcome, ServerError> {
         self.check_channel(uaid, channel_id)?;
+        if msg.body.len() > self.opts.max_body {
+            return Err(too_large().into());
+        }
+        let headers = validate_push(&msg, negative_ttl)?;
 
         let message_id = random_id();
         let notification = Notification {
@@ -586,7 +610,10 @@ impl Shared {
         if ttl == 0 {
             // Nothing to keep: deliver now or never.
             return Ok(
-                if self.clients.send_to(uaid, Command::Notify(notification)) {
+                if self
+                    .clients
+                    .send_to(uaid, Command::NotifyUntracked(notification))
+                {
                     DeliverOutcome::Sent { message_id }
                 } else {
                     DeliverOutcome::Dropped { message_id }
@@ -605,18 +632,11 @@ impl Shared {
             expiry_ms: now.saturating_add(i64::from(ttl) * 1000),
             stored_at_ms: now,
         })?;
+        drop(store);
+        // As autopush, the endpoint never counts stored messages: the message limit is
+        // checked only while a connected client reads from storage (ws.rs).
         if self.clients.send_to(uaid, Command::Notify(notification)) {
             return Ok(DeliverOutcome::Sent { message_id });
-        }
-        let stored = store.count_messages(uaid)?;
-        drop(store);
-        if stored > self.opts.max_stored_messages {
-            tracing::info!(
-                uaid = short(uaid),
-                stored,
-                "too many stored messages for an offline client; dropping its user record"
-            );
-            self.drop_user(uaid)?;
         }
         Ok(DeliverOutcome::Stored { message_id })
     }
@@ -636,117 +656,159 @@ impl Shared {
     }
 }
 
-/// Header rules of autoendpoint: a body needs a known `Content-Encoding`; aesgcm needs a
-/// `salt` in `Encryption` and a `dh` in `Crypto-Key`; aes128gcm carries neither. Returns
-/// the `headers` object the client will see.
-fn validate_push(msg: &PushMessage) -> Result<Option<BTreeMap<String, String>>, Rejection> {
+/// autoendpoint's answer to a body over `max_data_bytes` (actix's payload overflow).
+pub(crate) fn too_large() -> Rejection {
+    Rejection::new(413, Some(104), "payload reached size limit")
+}
+
+/// Header rules of autoendpoint (`NotificationHeaders`), in its order: with a body, a
+/// `Content-Encoding` of exactly `aesgcm` or `aes128gcm` (case-sensitive, untrimmed);
+/// aesgcm needs a base64url `salt` in `Encryption` and, only if `Crypto-Key` is sent, a
+/// base64url `dh` in it; aes128gcm must carry neither. Then the Topic (at most 32
+/// characters of `^[0-9A-Za-z_-]+=*$`). `Urgency` is not looked at. Returns the `headers`
+/// object the client will see: the raw encoding plus `encryption` and `crypto_key`
+/// whenever they were sent (for aes128gcm too), quotes and base64 padding stripped.
+fn validate_push(
+    msg: &PushMessage,
+    negative_ttl: bool,
+) -> Result<Option<BTreeMap<String, String>>, Rejection> {
+    let headers = if msg.body.is_empty() {
+        None
+    } else {
+        let crypto = |m: &str| Rejection::new(400, Some(110), m);
+        let encryption = msg.encryption.as_deref().map(strip_header);
+        let crypto_key = msg.crypto_key.as_deref().map(strip_header);
+        let encoding = msg
+            .content_encoding
+            .as_deref()
+            .ok_or_else(|| crypto("Missing Content-Encoding header"))?;
+        match encoding {
+            "aesgcm" => {
+                base64_item_exists("Encryption", encryption.as_deref(), "salt")?;
+                if crypto_key.is_some() {
+                    base64_item_exists("Crypto-Key", crypto_key.as_deref(), "dh")?;
+                }
+            }
+            "aes128gcm" => {
+                item_absent("aes128gcm Encryption", encryption.as_deref(), "salt")?;
+                item_absent("aes128gcm Crypto-Key", crypto_key.as_deref(), "dh")?;
+            }
+            _ => return Err(crypto("Unknown Content-Encoding header")),
+        }
+        let mut headers = BTreeMap::from([("encoding".to_owned(), encoding.to_owned())]);
+        if let Some(v) = encryption {
+            headers.insert("encryption".to_owned(), v);
+        }
+        if let Some(v) = crypto_key {
+            headers.insert("crypto_key".to_owned(), v);
+        }
+        Some(headers)
+    };
+    if negative_ttl {
+        // autopush leaves the order of 114 and 113 to a HashMap; this one is fixed.
+        return Err(Rejection::new(400, Some(114), "TTL must be greater than 0"));
+    }
     if let Some(topic) = &msg.topic {
-        let ok = !topic.is_empty()
-            && topic.len() <= 32
-            && topic
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=');
-        if !ok {
+        if topic.chars().count() > 32 {
             return Err(Rejection::new(
                 400,
                 Some(113),
-                "Topic must be at most 32 characters of the URL and filename safe Base64 alphabet",
+                "Topic must be no greater than 32 characters",
             ));
         }
-    }
-    if let Some(urgency) = &msg.urgency {
-        if !matches!(urgency.as_str(), "very-low" | "low" | "normal" | "high") {
+        if !is_base64url_padded(topic) {
             return Err(Rejection::new(
                 400,
-                None,
-                "Urgency must be very-low, low, normal or high",
+                Some(113),
+                "Topic must be URL and Filename safe Base64 alphabet",
             ));
         }
     }
-    if msg.body.is_empty() {
-        return Ok(None);
+    Ok(headers)
+}
+
+/// autoendpoint's `CryptoKeyHeader::parse`: sections split on `,`, items on `;`, every
+/// item must be `key=value` (else the whole header is invalid); keys are trimmed and
+/// case-sensitive, values lose surrounding spaces and quotes. Returns the first value of
+/// `key`, `Err(())` for an invalid header.
+fn crypto_key_item(header: &str, key: &str) -> Result<Option<String>, ()> {
+    let mut found = None;
+    for section in header.split(',') {
+        let mut in_section = None;
+        for item in section.split(';') {
+            let (k, v) = item.split_once('=').ok_or(())?;
+            if k.trim() == key {
+                in_section = Some(v.trim_matches([' ', '"']).to_owned());
+            }
+        }
+        if found.is_none() {
+            found = in_section;
+        }
     }
-    let crypto = |m: &str| Rejection::new(400, Some(110), m);
-    let encoding = msg
-        .content_encoding
-        .as_deref()
-        .map(str::trim)
-        .ok_or_else(|| crypto("Missing Content-Encoding header"))?;
-    match encoding.to_ascii_lowercase().as_str() {
-        "aes128gcm" => {
-            if param(msg.encryption.as_deref(), "salt").is_some() {
-                return Err(crypto(
-                    "Do not include 'salt' in aes128gcm Encryption header",
-                ));
-            }
-            if param(msg.crypto_key.as_deref(), "dh").is_some() {
-                return Err(crypto("Do not include 'dh' in aes128gcm Crypto-Key header"));
-            }
-            Ok(Some(BTreeMap::from([(
-                "encoding".to_owned(),
-                "aes128gcm".to_owned(),
-            )])))
-        }
-        "aesgcm" => {
-            let encryption = msg
-                .encryption
-                .as_deref()
-                .ok_or_else(|| crypto("Missing Encryption header"))?;
-            let crypto_key = msg
-                .crypto_key
-                .as_deref()
-                .ok_or_else(|| crypto("Missing Crypto-Key header"))?;
-            for (header, name, key) in [
-                (encryption, "Encryption", "salt"),
-                (crypto_key, "Crypto-Key", "dh"),
-            ] {
-                let value = param(Some(header), key)
-                    .ok_or_else(|| crypto(&format!("Missing {key} value in {name} header")))?;
-                if value.is_empty() || !is_base64url(value.trim_end_matches('=')) {
-                    return Err(crypto(&format!("Invalid {key} value in {name} header")));
-                }
-            }
-            Ok(Some(BTreeMap::from([
-                ("encoding".to_owned(), "aesgcm".to_owned()),
-                ("encryption".to_owned(), strip_header(encryption)),
-                ("crypto_key".to_owned(), strip_header(crypto_key)),
-            ])))
-        }
-        _ => Err(crypto("Unknown Content-Encoding header")),
+    Ok(found)
+}
+
+fn base64_item_exists(name: &str, header: Option<&str>, key: &str) -> Result<(), Rejection> {
+    let crypto = |m: String| Rejection::new(400, Some(110), m);
+    let header = header.ok_or_else(|| crypto(format!("Missing {name} header")))?;
+    let value = crypto_key_item(header, key)
+        .map_err(|()| crypto(format!("Invalid {name} header")))?
+        .ok_or_else(|| crypto(format!("Missing {key} value in {name} header")))?;
+    if !is_base64url_padded(&value) {
+        return Err(crypto(format!("Invalid {key} value in {name} header")));
+    }
+    Ok(())
+}
+
+fn item_absent(name: &str, header: Option<&str>, key: &str) -> Result<(), Rejection> {
+    let crypto = |m: String| Rejection::new(400, Some(110), m);
+    let Some(header) = header else {
+        return Ok(());
+    };
+    match crypto_key_item(header, key) {
+        Err(()) => Err(crypto(format!("Invalid {name} header"))),
+        Ok(Some(_)) => Err(crypto(format!(
+            "Do not include '{key}' header in {name} header"
+        ))),
+        Ok(None) => Ok(()),
     }
 }
 
-/// The value of `key=` in a `Crypto-Key`/`Encryption` style header.
-fn param<'a>(header: Option<&'a str>, key: &str) -> Option<&'a str> {
-    header?.split([',', ';']).find_map(|item| {
-        let (k, v) = item.split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case(key)
-            .then(|| v.trim().trim_matches('"'))
-    })
+fn is_b64url_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
-fn is_base64url(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+/// `^[0-9A-Za-z\-_]+=*$`: base64url, padding only at the end.
+fn is_base64url_padded(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty() && body.bytes().all(is_b64url_byte)
 }
 
-/// As autoendpoint forwards them: quotes and base64 padding removed.
+/// As autoendpoint forwards `Encryption` and `Crypto-Key`: every `"` removed, and a run of
+/// `=` dropped where it follows a base64url character and ends an item (before `,`, `;`
+/// or the end). Everything else, spaces included, is kept.
 fn strip_header(header: &str) -> String {
-    header
-        .replace('"', "")
-        .split(',')
-        .map(|part| {
-            part.split(';')
-                .map(|item| match item.split_once('=') {
-                    Some((k, v)) => format!("{}={}", k.trim(), v.trim().trim_end_matches('=')),
-                    None => item.trim().to_owned(),
-                })
-                .collect::<Vec<_>>()
-                .join(";")
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    let s: Vec<u8> = header.bytes().filter(|&b| b != b'"').collect();
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'=' {
+            let run_end = s[i..]
+                .iter()
+                .position(|&b| b != b'=')
+                .map_or(s.len(), |p| i + p);
+            let after_ok = run_end == s.len() || matches!(s[run_end], b',' | b';');
+            let before_ok = i > 0 && is_b64url_byte(s[i - 1]);
+            if !(after_ok && before_ok) {
+                out.extend_from_slice(&s[i..run_end]);
+            }
+            i = run_end;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -764,42 +826,68 @@ mod tests {
 
     #[test]
     fn push_header_rules() {
-        assert_eq!(validate_push(&push(b"", None)).unwrap(), None);
+        let v = |m: &PushMessage| validate_push(m, false);
+        assert_eq!(v(&push(b"", None)).unwrap(), None);
         assert_eq!(
-            validate_push(&push(b"x", Some("aes128gcm")))
-                .unwrap()
-                .unwrap()["encoding"],
+            v(&push(b"x", Some("aes128gcm"))).unwrap().unwrap()["encoding"],
             "aes128gcm"
         );
-        let err = validate_push(&push(b"x", None)).unwrap_err();
-        assert_eq!((err.status, err.errno), (400, Some(110)));
-        let err = validate_push(&push(b"x", Some("gzip"))).unwrap_err();
-        assert_eq!((err.status, err.errno), (400, Some(110)));
-        let err = validate_push(&push(b"x", Some("aesgcm"))).unwrap_err();
+        for bad in [None, Some("gzip"), Some("AES128GCM"), Some(" aes128gcm")] {
+            let err = v(&push(b"x", bad)).unwrap_err();
+            assert_eq!((err.status, err.errno), (400, Some(110)), "{bad:?}");
+        }
+        let err = v(&push(b"x", Some("aesgcm"))).unwrap_err();
         assert_eq!(err.errno, Some(110));
 
         let mut aesgcm = push(b"x", Some("aesgcm"));
         aesgcm.encryption = Some("salt=\"c2FsdA==\"".into());
-        aesgcm.crypto_key = Some("dh=BBBB;p256ecdsa=CCCC".into());
-        let headers = validate_push(&aesgcm).unwrap().unwrap();
+        // Crypto-Key is optional for aesgcm.
+        let headers = v(&aesgcm).unwrap().unwrap();
         assert_eq!(headers["encryption"], "salt=c2FsdA");
-        assert_eq!(headers["crypto_key"], "dh=BBBB;p256ecdsa=CCCC");
+        assert!(!headers.contains_key("crypto_key"));
+        aesgcm.crypto_key = Some("dh=BBBB==; p256ecdsa=CCCC".into());
+        let headers = v(&aesgcm).unwrap().unwrap();
+        assert_eq!(headers["crypto_key"], "dh=BBBB; p256ecdsa=CCCC");
         aesgcm.crypto_key = Some("p256ecdsa=CCCC".into());
-        assert!(validate_push(&aesgcm).is_err());
+        assert_eq!(v(&aesgcm).unwrap_err().errno, Some(110));
+        aesgcm.crypto_key = Some("dh=BBBB;".into());
+        assert_eq!(v(&aesgcm).unwrap_err().message, "Invalid Crypto-Key header");
+        aesgcm.crypto_key = Some("DH=BBBB".into());
+        assert_eq!(v(&aesgcm).unwrap_err().errno, Some(110));
 
         let mut topic = push(b"", None);
         topic.topic = Some("a".repeat(33));
-        assert_eq!(validate_push(&topic).unwrap_err().errno, Some(113));
-        topic.topic = Some("no spaces".into());
-        assert!(validate_push(&topic).is_err());
-        topic.topic = Some("ok_topic-1".into());
-        assert!(validate_push(&topic).is_ok());
+        assert_eq!(v(&topic).unwrap_err().errno, Some(113));
+        for bad in ["no spaces", "a=b", ""] {
+            topic.topic = Some(bad.into());
+            assert!(v(&topic).is_err(), "{bad:?}");
+        }
+        for good in ["ok_topic-1", "abc=="] {
+            topic.topic = Some(good.into());
+            assert!(v(&topic).is_ok(), "{good:?}");
+        }
 
         let mut urgency = push(b"", None);
         urgency.urgency = Some("urgent".into());
-        assert_eq!(validate_push(&urgency).unwrap_err().status, 400);
-        urgency.urgency = Some("very-low".into());
-        assert!(validate_push(&urgency).is_ok());
+        assert!(v(&urgency).is_ok(), "Urgency is not looked at");
+
+        // A negative TTL is reported after the encryption headers, before the topic.
+        let err = validate_push(&push(b"x", Some("gzip")), true).unwrap_err();
+        assert_eq!(err.errno, Some(110));
+        let err = validate_push(&push(b"x", Some("aes128gcm")), true).unwrap_err();
+        assert_eq!(err.errno, Some(114));
+    }
+
+    #[test]
+    fn strip_header_as_autoendpoint() {
+        assert_eq!(
+            strip_header("dh=BCdh; p256ecdsa=BKey"),
+            "dh=BCdh; p256ecdsa=BKey"
+        );
+        assert_eq!(strip_header("salt=\"abc==\", x=y="), "salt=abc, x=y");
+        assert_eq!(strip_header("a=b==;c=d"), "a=b;c=d");
+        assert_eq!(strip_header("a=b==c"), "a=b==c");
+        assert_eq!(strip_header("=="), "==");
     }
 
     #[tokio::test]

@@ -15,6 +15,9 @@ use super::store::Notification;
 pub(crate) enum Command {
     /// Send this notification unless it is already in flight on this connection.
     Notify(Notification),
+    /// A TTL 0 notification: sent, but (as in autopush) not waited for: its ack is
+    /// ignored and it does not hold back the next batch from storage.
+    NotifyUntracked(Notification),
     /// Send a close frame with this code and reason, then end the connection.
     Close { code: u16, reason: String },
     /// Send this exact text frame (fault injection).
@@ -56,7 +59,7 @@ impl Registry {
     }
 
     /// Makes connection `id` the owner of `uaid`. A connection that owned it before is
-    /// told to close with 1011, as autopush does when a uaid connects twice.
+    /// told to close with 1011 "SM", as autopush does when a uaid connects twice.
     pub fn bind(&self, id: u64, uaid: &str) {
         let mut inner = self.lock();
         if let Some(old) = inner.by_uaid.insert(uaid.to_owned(), id) {
@@ -65,7 +68,7 @@ impl Registry {
                     conn.uaid = None;
                     let _ = conn.tx.send(Command::Close {
                         code: 1011,
-                        reason: "Ghost".to_owned(),
+                        reason: "SM".to_owned(),
                     });
                 }
             }

@@ -218,18 +218,23 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a channel and its stored messages; false if there was no such channel.
-    pub fn delete_channel(&mut self, uaid: &str, channel_id: &str) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "DELETE FROM messages WHERE uaid = ?1 AND channel_id = ?2",
-            params![uaid, channel_id],
+    /// Creates the user record if it is not there yet (autopush writes a new user on its
+    /// first register, even one that then fails).
+    pub fn ensure_user(&self, uaid: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO users (uaid, created_ms) VALUES (?1, ?2)",
+            params![uaid, now_ms],
         )?;
-        let n = tx.execute(
+        Ok(())
+    }
+
+    /// Deletes a channel; false if there was no such channel. Its stored messages stay,
+    /// as in autopush (Redis and Bigtable `remove_channel`): the client still gets them.
+    pub fn delete_channel(&mut self, uaid: &str, channel_id: &str) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
             "DELETE FROM channels WHERE uaid = ?1 AND channel_id = ?2",
             params![uaid, channel_id],
         )?;
-        tx.commit()?;
         Ok(n > 0)
     }
 
@@ -304,15 +309,6 @@ impl Store {
         Ok(())
     }
 
-    pub fn count_messages(&self, uaid: &str) -> Result<usize, StoreError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM messages WHERE uaid = ?1",
-            params![uaid],
-            |r| r.get(0),
-        )?;
-        Ok(usize::try_from(n).unwrap_or(0))
-    }
-
     pub fn total_messages(&self) -> Result<u64, StoreError> {
         let n: i64 = self
             .conn
@@ -321,37 +317,39 @@ impl Store {
     }
 
     /// Up to `limit` unexpired messages for `uaid`, oldest first, skipping `exclude`
-    /// (those already in flight on the connection). Expired ones are deleted on the way.
+    /// (those already in flight on the connection), each with whether it has a topic.
+    /// Expired ones are deleted on the way.
     pub fn fetch_batch(
         &self,
         uaid: &str,
         now_ms: i64,
         exclude: &HashSet<String>,
         limit: usize,
-    ) -> Result<Vec<Notification>, StoreError> {
+    ) -> Result<Vec<(Notification, bool)>, StoreError> {
         self.conn.execute(
             "DELETE FROM messages WHERE uaid = ?1 AND expiry_ms <= ?2",
             params![uaid, now_ms],
         )?;
         let want = i64::try_from(limit.saturating_add(exclude.len())).unwrap_or(i64::MAX);
         let mut stmt = self.conn.prepare_cached(
-            "SELECT channel_id, version, data, headers FROM messages
+            "SELECT channel_id, version, data, headers, topic IS NOT NULL FROM messages
              WHERE uaid = ?1 AND expiry_ms > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![uaid, now_ms, want], |r| {
             let headers: Option<String> = r.get(3)?;
-            Ok(Notification {
+            let n = Notification {
                 channel_id: r.get(0)?,
                 version: r.get(1)?,
                 data: r.get(2)?,
                 headers: headers.and_then(|h| serde_json::from_str(&h).ok()),
-            })
+            };
+            Ok((n, r.get::<_, bool>(4)?))
         })?;
         let mut out = Vec::with_capacity(limit);
         for row in rows {
-            let n = row?;
+            let (n, topic) = row?;
             if !exclude.contains(&n.version) {
-                out.push(n);
+                out.push((n, topic));
                 if out.len() == limit {
                     break;
                 }
@@ -427,9 +425,14 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.secret().unwrap(), secret);
         let batch = store.fetch_batch("u1", 100, &HashSet::new(), 10).unwrap();
-        let versions: Vec<_> = batch.iter().map(|n| n.version.as_str()).collect();
+        let versions: Vec<_> = batch.iter().map(|(n, _)| n.version.as_str()).collect();
         assert_eq!(versions, ["v2", "v3"]);
-        assert_eq!(batch[0].headers.as_ref().unwrap()["encoding"], "aes128gcm");
+        let topics: Vec<_> = batch.iter().map(|(_, t)| *t).collect();
+        assert_eq!(topics, [true, false]);
+        assert_eq!(
+            batch[0].0.headers.as_ref().unwrap()["encoding"],
+            "aes128gcm"
+        );
         let skip = HashSet::from(["v2".to_owned()]);
         let batch = store.fetch_batch("u1", 100, &skip, 10).unwrap();
         assert_eq!(batch.len(), 1);

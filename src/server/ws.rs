@@ -2,16 +2,15 @@
 //! and its delivery state; others reach it only through its [`Command`] channel.
 //!
 //! It must not trust the client: every frame is parsed into typed messages at the edge,
-//! anything unexpected closes the connection the way autopush does (mostly 1011), and
-//! frames are capped at 64 KiB.
+//! anything unexpected closes the connection the way autopush-rs does (1011 "Json" for
+//! what does not parse, 1011 "SM" for what the state machine refuses, 1002 "Protocol",
+//! 1003 "UnsupportedMessage"), and frames are capped at 64 KiB. See `docs/push-server.md`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::alphabet;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
-use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -32,7 +31,7 @@ use super::registry::Command;
 use super::store::Notification;
 use super::{lock, now_ms, short, Shared, BATCH_SIZE, MAX_ACK_RECORDS};
 
-/// PROTOCOL.md: a frame over 64 KiB closes 1002.
+/// As autopush (actix-http's default): a frame over 64 KiB closes 1002 "Protocol".
 const MAX_FRAME: usize = 64 << 10;
 /// A client that stops reading must not pin a task forever.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,11 +41,6 @@ const HANG_FOR: Duration = Duration::from_secs(30);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many acked versions a connection remembers (see `Conn::recently_acked`).
 const RECENTLY_ACKED: usize = 64;
-
-const B64URL_LENIENT: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::URL_SAFE,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -98,19 +92,45 @@ enum End {
     Hang,
 }
 
-fn protocol_error(what: &str) -> End {
-    tracing::debug!(what, "protocol error from client");
-    End::Close(1011, "InvalidMessage".to_owned())
+/// A text frame that does not deserialize as a client message: autopush's
+/// `WSErrorKind::Json`.
+fn json_error(what: &str) -> End {
+    tracing::debug!(what, "unparsable message from client");
+    End::Close(1011, "Json".to_owned())
 }
 
+/// A message the state machine refuses: autopush's `WSErrorKind::Sm`.
+fn sm_error(what: &str) -> End {
+    tracing::debug!(what, "invalid message from client");
+    End::Close(1011, "SM".to_owned())
+}
+
+/// Storage failures are state-machine errors in autopush too.
 fn internal(e: impl std::fmt::Display) -> End {
     tracing::warn!(error = %e, "push server storage failed");
-    End::Close(1011, "Internal".to_owned())
+    End::Close(1011, "SM".to_owned())
+}
+
+/// A UUID in any spelling `Uuid::parse_str` accepts, as autopush's serde `Uuid` fields;
+/// kept as its lower-case dashed form.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct AnyUuid(String);
+
+impl<'de> Deserialize<'de> for AnyUuid {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        uuid::Uuid::try_parse(&s)
+            .map(|u| AnyUuid(u.hyphenated().to_string()))
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Deserialize)]
 struct Hello {
     uaid: Option<String>,
+    /// Not used, but a non-UUID entry fails the message, as in autopush.
+    #[serde(rename = "channelIDs")]
+    _channel_ids: Option<Vec<AnyUuid>>,
     broadcasts: Option<HashMap<String, String>>,
 }
 
@@ -124,8 +144,8 @@ struct Register {
 #[derive(Deserialize)]
 struct Unregister {
     #[serde(rename = "channelID")]
-    channel_id: String,
-    code: Option<u64>,
+    channel_id: AnyUuid,
+    code: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -136,15 +156,15 @@ struct Ack {
 #[derive(Deserialize)]
 struct AckUpdate {
     #[serde(rename = "channelID")]
-    channel_id: String,
+    channel_id: AnyUuid,
     version: String,
-    code: Option<u64>,
+    code: Option<u16>,
 }
 
 #[derive(Deserialize)]
 struct Nack {
     version: String,
-    code: Option<u64>,
+    code: Option<i32>,
 }
 
 #[derive(Deserialize)]
@@ -153,8 +173,8 @@ struct BroadcastSubscribe {
 }
 
 /// A code as recorded in stats: absent or out of range is `default`.
-fn code(code: Option<u64>, default: u16) -> u16 {
-    code.and_then(|c| u16::try_from(c).ok()).unwrap_or(default)
+fn code<T: TryInto<u16>>(code: Option<T>, default: u16) -> u16 {
+    code.and_then(|c| c.try_into().ok()).unwrap_or(default)
 }
 
 struct Conn {
@@ -163,10 +183,18 @@ struct Conn {
     rx: mpsc::UnboundedReceiver<Command>,
     cancel: CancellationToken,
     uaid: Option<String>,
-    /// Sent on this connection and not yet acknowledged: version → channel.
+    /// Sent on this connection and not yet acknowledged: version → channel (autopush's
+    /// unacked direct and stored notifications together).
     in_flight: HashMap<String, String>,
-    /// The current batch from storage still waiting for acks.
-    batch: HashSet<String>,
+    /// The current batch from storage still waiting for acks: version → has a topic.
+    batch: HashMap<String, bool>,
+    /// Messages of the current batch that were acked but, having no topic, stay stored
+    /// until the whole batch is acked (autopush moves its read pointer only then, so a
+    /// partly acked batch comes back whole after a reconnect).
+    batch_acked: Vec<String>,
+    /// Still reading from storage (autopush's `check_storage` flag): when nothing is
+    /// left unacknowledged, the next batch is read.
+    draining: bool,
     /// Versions acked lately on this connection. A live `Notify` for a message that a
     /// storage batch already delivered (and the client acked) can still be queued; this
     /// keeps it from going out twice.
@@ -201,7 +229,9 @@ impl Conn {
             cancel,
             uaid: None,
             in_flight: HashMap::new(),
-            batch: HashSet::new(),
+            batch: HashMap::new(),
+            batch_acked: Vec::new(),
+            draining: false,
             recently_acked: VecDeque::new(),
             sent_from_storage: 0,
             last_client_ping: None,
@@ -306,12 +336,17 @@ impl Conn {
                 }
                 Some(cmd) = self.rx.recv() => self.on_command(ws, cmd).await?,
                 frame = ws.next() => {
+                    // As autopush: the first frame must be text; a Ping or Pong (or any
+                    // other non-text frame) closes 1003.
+                    if let Some(Ok(Message::Ping(_) | Message::Pong(_))) = frame {
+                        return Err(unsupported());
+                    }
                     let Some(text) = self.on_frame(frame)? else { continue };
                     let (kind, obj) = parse_client_message(&text)?;
                     if kind != "hello" {
-                        return Err(protocol_error("first message is not hello"));
+                        return Err(sm_error("first message is not hello"));
                     }
-                    return self.on_hello(ws, obj).await;
+                    return self.on_hello(ws, from_obj(obj)?).await;
                 }
             }
         }
@@ -351,7 +386,7 @@ impl Conn {
         match frame {
             None => Err(End::Gone),
             Some(Ok(Message::Text(text))) => Ok(Some(text.as_str().to_owned())),
-            Some(Ok(Message::Binary(_))) => Err(End::Close(1003, "Binary".to_owned())),
+            Some(Ok(Message::Binary(_))) => Err(unsupported()),
             Some(Ok(Message::Pong(_))) => {
                 if self.pong_deadline.take().is_some() {
                     self.next_server_ping = Instant::now() + self.shared.opts.server_ping_interval;
@@ -373,16 +408,18 @@ impl Conn {
                 }
                 Ok(None)
             }
-            Some(Ok(Message::Frame(_))) => Ok(None),
+            Some(Ok(Message::Frame(_))) => Err(unsupported()),
             Some(Ok(Message::Close(_))) => Err(End::PeerClosed),
+            // autopush (actix) reports oversize frames, invalid UTF-8 in a text frame
+            // and protocol violations alike: 1002 "Protocol".
             Some(Err(WsError::Capacity(e))) => {
                 tracing::debug!(error = %e, "frame too large");
-                Err(End::Close(1002, "TooLarge".to_owned()))
+                Err(End::Close(1002, "Protocol".to_owned()))
             }
-            Some(Err(WsError::Utf8(_))) => Err(End::Close(1007, "InvalidUtf8".to_owned())),
+            Some(Err(WsError::Utf8(_))) => Err(End::Close(1002, "Protocol".to_owned())),
             Some(Err(WsError::Protocol(e))) => {
                 tracing::debug!(error = %e, "WebSocket protocol error");
-                Err(End::Close(1002, "ProtocolError".to_owned()))
+                Err(End::Close(1002, "Protocol".to_owned()))
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "read failed");
@@ -399,10 +436,22 @@ impl Conn {
                 if self.uaid.is_none()
                     || self.in_flight.contains_key(&n.version)
                     || self.recently_acked.contains(&n.version)
+                    || self.batch_acked.contains(&n.version)
                 {
                     return Ok(());
                 }
                 self.send_notification(ws, n).await
+            }
+            Command::NotifyUntracked(n) => {
+                if self.uaid.is_none() {
+                    return Ok(());
+                }
+                self.send(ws, n.to_json()).await?;
+                lock(&self.shared.stats).notifications_sent += 1;
+                if self.fault(Step::Notification) {
+                    return Err(End::Drop);
+                }
+                Ok(())
             }
             Command::Broadcast { id, version } => {
                 if self.uaid.is_none() {
@@ -457,11 +506,10 @@ impl Conn {
             .is_some_and(|f| f.omit_replies())
     }
 
-    async fn on_hello(&mut self, ws: &mut Ws, obj: Map<String, Value>) -> Result<(), End> {
+    async fn on_hello(&mut self, ws: &mut Ws, hello: Hello) -> Result<(), End> {
         if self.fault(Step::Hello) {
             return Err(End::Drop);
         }
-        let hello: Hello = from_obj(obj)?;
         lock(&self.shared.stats).hellos += 1;
 
         // Invalid uaids are treated as absent; valid ones must name a stored user.
@@ -504,6 +552,7 @@ impl Conn {
             "broadcasts": broadcasts,
         });
         self.send(ws, reply.to_string()).await?;
+        self.draining = true;
         self.check_storage(ws).await
     }
 
@@ -532,14 +581,12 @@ impl Conn {
         delta
     }
 
-    /// Sends the next batch of stored messages unless one is still waiting for acks.
+    /// Reads the next batch of stored messages and sends it (autopush's
+    /// `check_storage_advance` and `check_msg_limit`).
     async fn check_storage(&mut self, ws: &mut Ws) -> Result<(), End> {
         let Some(uaid) = self.uaid.clone() else {
             return Ok(());
         };
-        if !self.batch.is_empty() {
-            return Ok(());
-        }
         let exclude: HashSet<String> = self.in_flight.keys().cloned().collect();
         let batch = self
             .shared
@@ -547,6 +594,7 @@ impl Conn {
             .fetch_batch(&uaid, now_ms(), &exclude, BATCH_SIZE)
             .map_err(internal)?;
         if batch.is_empty() {
+            self.draining = false;
             self.sent_from_storage = 0;
             return Ok(());
         }
@@ -558,11 +606,32 @@ impl Conn {
             return Err(End::Close(1000, "SM".to_owned()));
         }
         tracing::debug!(count = batch.len(), "sending stored messages");
-        self.batch = batch.iter().map(|n| n.version.clone()).collect();
-        for n in batch {
+        self.batch = batch
+            .iter()
+            .map(|(n, topic)| (n.version.clone(), *topic))
+            .collect();
+        for (n, _) in batch {
             self.send_notification(ws, n).await?;
         }
         Ok(())
+    }
+
+    /// Once nothing sent is unacknowledged (direct messages included, as autopush
+    /// waits for those too), the batch is done: its acked messages leave storage and
+    /// the next batch is read.
+    async fn after_acks(&mut self, ws: &mut Ws) -> Result<(), End> {
+        if !self.in_flight.is_empty() || !self.draining {
+            return Ok(());
+        }
+        if let Some(uaid) = self.uaid.clone() {
+            let acked = std::mem::take(&mut self.batch_acked);
+            let store = self.shared.store();
+            for version in &acked {
+                store.delete_message(&uaid, version).map_err(internal)?;
+            }
+        }
+        self.batch.clear();
+        self.check_storage(ws).await
     }
 
     async fn on_text(&mut self, ws: &mut Ws, text: &str) -> Result<(), End> {
@@ -571,6 +640,10 @@ impl Conn {
             "register" => self.on_register(ws, from_obj(obj)?).await,
             "unregister" => self.on_unregister(ws, from_obj(obj)?).await,
             "ack" => self.on_ack(ws, from_obj(obj)?).await,
+            "hello" => {
+                let _: Hello = from_obj(obj)?;
+                Err(sm_error("second hello"))
+            }
             "nack" => {
                 let nack: Nack = from_obj(obj)?;
                 lock(&self.shared.stats)
@@ -588,7 +661,7 @@ impl Conn {
                 let msg = json!({"messageType": "broadcast", "broadcasts": delta});
                 self.send(ws, msg.to_string()).await
             }
-            _ => Err(protocol_error("unexpected messageType")),
+            _ => Err(json_error("unknown messageType")),
         }
     }
 
@@ -597,21 +670,28 @@ impl Conn {
             return Err(End::Drop);
         }
         lock(&self.shared.stats).registers += 1;
-        let uaid = self.uaid.clone().ok_or_else(|| protocol_error("no uaid"))?;
+        let uaid = self.uaid.clone().ok_or_else(|| sm_error("no uaid"))?;
         // autopush insists on the canonical form: lower case, dashed.
         let canonical = uuid::Uuid::try_parse(&reg.channel_id)
             .ok()
             .map(|u| u.hyphenated().to_string());
         if canonical.as_deref() != Some(reg.channel_id.as_str()) {
-            return Err(protocol_error("channelID is not a lower-case dashed UUID"));
+            return Err(sm_error("channelID is not a lower-case dashed UUID"));
         }
         let channel_id = reg.channel_id;
 
+        // As autopush: the user is written before the endpoint is made, the key is only
+        // base64url-decoded (padding trimmed) and hashed, never checked to be a P-256
+        // point; a key that does not decode gets status 400.
+        self.shared
+            .store()
+            .ensure_user(&uaid, now_ms())
+            .map_err(internal)?;
         let key = match reg.key.as_deref() {
             None => None,
-            Some(k) => match B64URL_LENIENT.decode(k.trim()) {
-                Ok(raw) if crate::vapid::validate_public_key(&raw).is_ok() => Some(raw),
-                _ => {
+            Some(k) => match URL_SAFE_NO_PAD.decode(k.trim_end_matches('=')) {
+                Ok(raw) => Some(raw),
+                Err(_) => {
                     tracing::debug!(channel = %channel_id, "register with a bad key");
                     return self.register_reply(ws, &channel_id, 400, None).await;
                 }
@@ -649,21 +729,29 @@ impl Conn {
         if self.omit_replies() {
             return Ok(());
         }
-        let mut reply =
-            json!({"messageType": "register", "channelID": channel_id, "status": status});
-        if let Some(endpoint) = endpoint {
-            reply["pushEndpoint"] = endpoint.into();
-        }
+        // autopush always sends `pushEndpoint`: the endpoint, "Failed to generate
+        // endpoint" with status 400, or "" for other failures.
+        let endpoint = endpoint.unwrap_or_else(|| {
+            if status == 400 {
+                "Failed to generate endpoint".to_owned()
+            } else {
+                String::new()
+            }
+        });
+        let reply = json!({
+            "messageType": "register",
+            "channelID": channel_id,
+            "status": status,
+            "pushEndpoint": endpoint,
+        });
         self.send(ws, reply.to_string()).await
     }
 
     async fn on_unregister(&mut self, ws: &mut Ws, unreg: Unregister) -> Result<(), End> {
-        let uaid = self.uaid.clone().ok_or_else(|| protocol_error("no uaid"))?;
-        let channel_id = uuid::Uuid::try_parse(&unreg.channel_id)
-            .map_err(|_| protocol_error("unregister channelID is not a UUID"))?
-            .hyphenated()
-            .to_string();
+        let uaid = self.uaid.clone().ok_or_else(|| sm_error("no uaid"))?;
+        let channel_id = unreg.channel_id.0;
         let code = code(unreg.code, 200);
+        // Stored messages stay, and notifications in flight still want their acks.
         self.shared
             .store()
             .delete_channel(&uaid, &channel_id)
@@ -673,20 +761,11 @@ impl Conn {
             .push((channel_id.clone(), code));
         tracing::debug!(channel = %channel_id, code, "unregistered");
 
-        // Its messages are gone: stop waiting for acks of them.
-        self.in_flight.retain(|_, ch| *ch != channel_id);
-        let in_flight = &self.in_flight;
-        let batch_was_pending = !self.batch.is_empty();
-        self.batch.retain(|v| in_flight.contains_key(v));
-
         self.reply_delay().await?;
         if !self.omit_replies() {
             let reply =
-                json!({"messageType": "unregister", "channelID": unreg.channel_id, "status": 200});
+                json!({"messageType": "unregister", "channelID": channel_id, "status": 200});
             self.send(ws, reply.to_string()).await?;
-        }
-        if batch_was_pending && self.batch.is_empty() {
-            self.check_storage(ws).await?;
         }
         Ok(())
     }
@@ -695,8 +774,7 @@ impl Conn {
         if self.fault(Step::Ack) {
             return Err(End::Drop);
         }
-        let uaid = self.uaid.clone().ok_or_else(|| protocol_error("no uaid"))?;
-        let batch_was_pending = !self.batch.is_empty();
+        let uaid = self.uaid.clone().ok_or_else(|| sm_error("no uaid"))?;
         for update in ack.updates {
             {
                 let mut stats = lock(&self.shared.stats);
@@ -704,28 +782,30 @@ impl Conn {
                     stats.acks.drain(..MAX_ACK_RECORDS / 10);
                 }
                 stats.acks.push((
-                    truncate(&update.channel_id),
+                    update.channel_id.0.clone(),
                     truncate(&update.version),
                     code(update.code, 0),
                 ));
             }
-            // As autopush: only what was sent on this connection is deleted.
+            // As autopush: only what was sent on this connection counts. A stored
+            // message without a topic stays stored until its whole batch is acked.
             if self.in_flight.remove(&update.version).is_some() {
-                self.batch.remove(&update.version);
                 if self.recently_acked.len() >= RECENTLY_ACKED {
                     self.recently_acked.pop_front();
                 }
                 self.recently_acked.push_back(update.version.clone());
-                self.shared
-                    .store()
-                    .delete_message(&uaid, &update.version)
-                    .map_err(internal)?;
+                match self.batch.get(&update.version) {
+                    Some(false) => self.batch_acked.push(update.version),
+                    Some(true) | None => {
+                        self.shared
+                            .store()
+                            .delete_message(&uaid, &update.version)
+                            .map_err(internal)?;
+                    }
+                }
             }
         }
-        if batch_was_pending && self.batch.is_empty() {
-            self.check_storage(ws).await?;
-        }
-        Ok(())
+        self.after_acks(ws).await
     }
 
     async fn on_ping(&mut self, ws: &mut Ws) -> Result<(), End> {
@@ -733,7 +813,7 @@ impl Conn {
         let now = Instant::now();
         if let Some(last) = self.last_client_ping {
             if now.duration_since(last) < self.shared.opts.client_ping_min_interval {
-                return Err(End::Close(1011, "ExcessivePing".to_owned()));
+                return Err(sm_error("excessive ping"));
             }
         }
         self.last_client_ping = Some(now);
@@ -749,21 +829,38 @@ impl Conn {
     }
 }
 
-/// A JSON object and its lower-cased `messageType`; `{}` is a ping.
+/// The message types autopush's `ClientMessage` knows, matched case-sensitively.
+const MESSAGE_TYPES: [&str; 7] = [
+    "hello",
+    "register",
+    "unregister",
+    "broadcast_subscribe",
+    "ack",
+    "nack",
+    "ping",
+];
+
+/// A JSON object and its `messageType`; an empty object `{}` is a ping. Anything else
+/// that is not an object with a known `messageType` closes 1011 "Json".
 fn parse_client_message(text: &str) -> Result<(String, Map<String, Value>), End> {
     let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) else {
-        return Err(protocol_error("not a JSON object"));
+        return Err(json_error("not a JSON object"));
     };
     let kind = match obj.get("messageType") {
         None if obj.is_empty() => "ping".to_owned(),
-        Some(Value::String(s)) => s.to_ascii_lowercase(),
-        _ => return Err(protocol_error("missing messageType")),
+        Some(Value::String(s)) if MESSAGE_TYPES.contains(&s.as_str()) => s.clone(),
+        _ => return Err(json_error("missing or unknown messageType")),
     };
     Ok((kind, obj))
 }
 
 fn from_obj<T: serde::de::DeserializeOwned>(obj: Map<String, Value>) -> Result<T, End> {
-    serde_json::from_value(Value::Object(obj)).map_err(|_| protocol_error("malformed message"))
+    serde_json::from_value(Value::Object(obj)).map_err(|_| json_error("malformed message"))
+}
+
+/// Binary, fragmented or other frames autopush does not handle.
+fn unsupported() -> End {
+    End::Close(1003, "UnsupportedMessage".to_owned())
 }
 
 /// Bounds what a client can make us remember in stats.
