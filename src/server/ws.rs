@@ -703,16 +703,7 @@ impl Conn {
             .as_ref()
             .and_then(|f| f.register_status())
         {
-            // Fault injection only: a bare refusal without `pushEndpoint`, which autopush
-            // never sends (its 500 carries `""`); kept so the daemon's refusal handling
-            // can be tested until its client accepts autopush's form.
-            self.reply_delay().await?;
-            if self.omit_replies() {
-                return Ok(());
-            }
-            let reply =
-                json!({"messageType": "register", "channelID": channel_id, "status": status});
-            return self.send(ws, reply.to_string()).await;
+            return self.register_reply(ws, &channel_id, status, None).await;
         }
         self.shared
             .store()
