@@ -178,6 +178,9 @@ pub fn parse_server_message(text: &str) -> Result<ServerMessage, ProtocolError> 
         "register" => {
             let status = status(&o)?;
             let endpoint = match o.get("pushEndpoint") {
+                // A refusal carries a note here, not a URL (autopush-rs: "" with 500,
+                // "Failed to generate endpoint" with 400): the status is the answer.
+                Some(_) if status != 200 => None,
                 Some(Value::String(s)) => {
                     let ok = (s.starts_with("https://") || s.starts_with("http://"))
                         && s.len() <= MAX_ENDPOINT_LEN;
@@ -247,6 +250,24 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(r, ServerMessage::Hello { status: 200, .. }));
+    }
+
+    #[test]
+    fn a_refused_register_may_carry_any_text_as_its_endpoint() {
+        for (status, text) in [(400, "Failed to generate endpoint"), (500, "")] {
+            let r = parse_server_message(&format!(
+                r#"{{"messageType":"register","channelID":"{CH}","status":{status},"pushEndpoint":"{text}"}}"#
+            ))
+            .unwrap();
+            assert_eq!(
+                r,
+                ServerMessage::Register {
+                    channel_id: ChannelId::parse(CH).unwrap(),
+                    status,
+                    endpoint: None
+                }
+            );
+        }
     }
 
     #[test]
