@@ -649,12 +649,19 @@ fn read_frame(frame: Option<Result<Message, tokio_tungstenite::tungstenite::Erro
     }
 }
 
+/// The closing handshake: our close frame, then the server's, read until the stream
+/// ends (autopush-rs logs a connection dropped before its answer as an I/O error).
 async fn close(ws: &mut Ws) {
     let frame = CloseFrame {
         code: CloseCode::Normal,
         reason: "".into(),
     };
-    let _ = timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+    let handshake = async {
+        ws.close(Some(frame)).await?;
+        while ws.next().await.transpose()?.is_some() {}
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(())
+    };
+    let _ = timeout(Duration::from_secs(1), handshake).await;
 }
 
 async fn sleep_or_never(deadline: Option<Instant>) {

@@ -408,6 +408,21 @@ pub async fn next<S: futures_util::Stream + Unpin>(s: &mut S, what: &str) -> S::
         .unwrap_or_else(|| panic!("stream ended waiting for {what}"))
 }
 
+/// Wait until the daemon on `bus` reports `connected`.
+pub async fn wait_connected(bus: &Bus) {
+    // Uncached: zbus's property cache can keep a value that changed while it filled.
+    let conn = bus.connect().await;
+    let admin = AdminProxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    eventually("the daemon to connect", || async {
+        (admin.state().await.ok()? == "connected").then_some(())
+    })
+    .await;
+}
+
 /// Set up bus, server and daemon in one go.
 pub struct World {
     pub bus: Bus,
