@@ -371,11 +371,8 @@ async fn first_message_must_be_hello_within_the_timeout() {
     );
 }
 
-/// Firefox asks for `push-notification`; autopush-rs upgrades and names no subprotocol
-/// (a strict RFC 6455 client then fails the handshake, browsers do not).
-#[tokio::test]
-async fn handshake_with_the_push_subprotocol_names_none_back() {
-    let h = start().await;
+/// The head of the server's answer to a raw upgrade request for `path` (lower-cased).
+async fn raw_upgrade(h: &Harness, path: &str, extra_headers: &str) -> String {
     let addr = h
         .server
         .ws_url()
@@ -384,9 +381,9 @@ async fn handshake_with_the_push_subprotocol_names_none_back() {
         .to_owned();
     let mut tcp = TcpStream::connect(&addr).await.unwrap();
     let request = format!(
-        "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Protocol: push-notification\r\n\r\n"
+         {extra_headers}\r\n"
     );
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
@@ -401,13 +398,31 @@ async fn handshake_with_the_push_subprotocol_names_none_back() {
         );
         answer.push(byte[0]);
     }
-    let answer = String::from_utf8(answer).unwrap().to_ascii_lowercase();
+    String::from_utf8(answer).unwrap().to_ascii_lowercase()
+}
+
+/// Firefox asks for `push-notification`; autopush-rs upgrades and names no subprotocol
+/// (a strict RFC 6455 client then fails the handshake, browsers do not).
+#[tokio::test]
+async fn handshake_with_the_push_subprotocol_names_none_back() {
+    let h = start().await;
+    let answer = raw_upgrade(&h, "/", "Sec-WebSocket-Protocol: push-notification\r\n").await;
     assert!(answer.starts_with("http/1.1 101"), "{answer}");
     assert!(
         answer.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
         "{answer}"
     );
     assert!(!answer.contains("sec-websocket-protocol"), "{answer}");
+}
+
+/// autopush-rs upgrades only `GET /`.
+#[tokio::test]
+async fn only_the_root_path_upgrades() {
+    let h = start().await;
+    let answer = raw_upgrade(&h, "/push", "").await;
+    assert!(answer.starts_with("http/1.1 404"), "{answer}");
+    let answer = raw_upgrade(&h, "/", "").await;
+    assert!(answer.starts_with("http/1.1 101"), "{answer}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -18,6 +18,9 @@ use serde_json::{json, Map, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::handshake::server::{
+    ErrorResponse, Request as HsRequest, Response as HsResponse,
+};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -249,7 +252,8 @@ impl Conn {
             .max_message_size(Some(MAX_FRAME));
         // As autopush-rs: the upgrade is accepted whether or not the client asks for the
         // `push-notification` subprotocol, and no subprotocol is named in the answer.
-        let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(config));
+        let handshake =
+            tokio_tungstenite::accept_hdr_async_with_config(stream, only_root, Some(config));
         let mut ws = tokio::select! {
             _ = self.cancel.cancelled() => return,
             r = timeout(self.shared.opts.hello_timeout, handshake) => match r {
@@ -839,6 +843,17 @@ const MESSAGE_TYPES: [&str; 7] = [
     "nack",
     "ping",
 ];
+
+/// Only `GET /` upgrades, as in autopush-rs; another path gets an empty 404.
+#[allow(clippy::result_large_err)] // the signature is tungstenite's
+fn only_root(req: &HsRequest, resp: HsResponse) -> Result<HsResponse, ErrorResponse> {
+    if req.uri().path() == "/" {
+        return Ok(resp);
+    }
+    let mut err = ErrorResponse::new(None);
+    *err.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
+    Err(err)
+}
 
 /// A JSON object and its `messageType`; an empty object `{}` is a ping. Anything else
 /// that is not an object with a known `messageType` closes 1011 "Json".
