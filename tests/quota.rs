@@ -288,3 +288,33 @@ async fn copies_the_server_sends_again_cost_no_quota() {
     assert_eq!(props(&w, &sub).await, (14, false, 2, true));
     assert_eq!(post(&sub, b"still reachable").await.status, 201);
 }
+
+/// A server that keeps sending copies to an expired subscription (autopush-rs 1.83.1 on
+/// Redis resends stored messages in a loop) gets one unregister per connection, not one
+/// per copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_to_an_expired_subscription_bring_one_unregister() {
+    let w = World::new().await;
+    let sub = subscribe_and_leave(&w, "org.example.Loop", HashMap::new()).await;
+    for i in 0..16 {
+        assert_eq!(post(&sub, format!("m{i}").as_bytes()).await.status, 201);
+    }
+    acked(&w, 16).await;
+    assert!(props(&w, &sub).await.1, "expired");
+    let (channel, version, _) = w.server.stats().acks[15].clone();
+    let faults = w.server.faults().expect("fault injection is on");
+    for _ in 0..20 {
+        faults.send_raw(&format!(
+            "{{\"messageType\":\"notification\",\"channelID\":\"{channel}\",\"version\":\"{version}\",\"ttl\":60}}"
+        ));
+    }
+    acked(&w, 36).await;
+    let unregisters: Vec<_> = w
+        .server
+        .stats()
+        .unregisters
+        .into_iter()
+        .filter(|(c, _)| *c == channel)
+        .collect();
+    assert_eq!(unregisters.len(), 1, "{unregisters:?}");
+}

@@ -409,6 +409,10 @@ impl Actor {
     /// 4 s) are answered while a burst is being committed.
     async fn serve(&mut self, ws: &mut Ws, pinger: &mut Pinger) -> End {
         let mut last_rx = Instant::now();
+        // Channels unregistered on this connection: `push` says it again for every copy of
+        // a message the server sends to an expired subscription, and a server that resends
+        // in a loop would get an unregister for each.
+        let mut unregistered = std::collections::HashSet::new();
         // A permit borrows its sender; this one is not `self`'s, so the branches may use `self`.
         let events = self.events.clone();
         loop {
@@ -455,6 +459,7 @@ impl Actor {
                     };
                     let msg = match cmd {
                         Command::Register { channel, key, reply } => {
+                            unregistered.remove(&channel);
                             let r = Request {
                                 channel,
                                 key,
@@ -466,9 +471,15 @@ impl Actor {
                             self.requests.push(r);
                             Some(Message::text(m))
                         }
-                        Command::Unregister { channel, code } => Some(Message::text(
-                            ClientMessage::Unregister { channel_id: channel.to_string(), code }.to_json(),
-                        )),
+                        Command::Unregister { channel, code } => {
+                            let text = ClientMessage::Unregister { channel_id: channel.to_string(), code }.to_json();
+                            if unregistered.insert(channel) {
+                                Some(Message::text(text))
+                            } else {
+                                debug!("already unregistered on this connection");
+                                None
+                            }
+                        }
                         Command::Ack(updates) => Some(Message::text(ClientMessage::Ack { updates }.to_json())),
                         Command::BroadcastSubscribe(broadcasts) => {
                             Some(Message::text(ClientMessage::BroadcastSubscribe { broadcasts }.to_json()))
