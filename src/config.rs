@@ -1,4 +1,5 @@
-//! The daemon's configuration: one `Config`, SPEC.md defaults, loaded once at startup.
+//! The daemon's configuration: one `Config`, the defaults `webpushd.toml(5)` documents,
+//! loaded once at startup.
 //!
 //! Precedence: command-line flags > `WEBPUSHD_*` environment > `config.toml` > defaults.
 //! Every table denies unknown keys so a typo is a startup error that names the key and the

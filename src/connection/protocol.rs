@@ -1,4 +1,5 @@
-//! The Mozilla Push Service WebSocket messages (PROTOCOL.md), client and server side.
+//! The Mozilla Push Service WebSocket messages, client and server side (docs/push-client.md,
+//! docs/push-server.md).
 //!
 //! Parsing is total: any text gives a `ServerMessage` or a `ProtocolError`, never a panic.
 //! `messageType` is matched case-insensitively, as Firefox does.

@@ -1,5 +1,5 @@
 //! Who is calling: the app id derived from a D-Bus caller's credentials, never from what
-//! the caller says (SPEC.md "Concepts").
+//! the caller says.
 //!
 //! Order: Flatpak (`/proc/PID/root/.flatpak-info`), Snap (cgroup `snap.NAME.*`), the XDG app
 //! id of the caller's systemd scope or service, the lexicographically first reverse-DNS

@@ -1,4 +1,5 @@
-//! The UnifiedPush distributor (specifications/dbus.md, DBUS_0.3.0, and the older 0.2.0):
+//! The UnifiedPush distributor (the UnifiedPush D-Bus specification, DBUS_0.3.0, and the
+//! older 0.2.0):
 //! `org.unifiedpush.Distributor2` and `Distributor1` at `/org/unifiedpush/Distributor`,
 //! and calls to the apps' `org.unifiedpush.Connector2`/`Connector1`.
 //!
