@@ -10,6 +10,7 @@ pub mod connection;
 pub mod crypto;
 pub mod daemon;
 pub mod dbus;
+pub mod identity;
 pub mod ids;
 pub mod push;
 pub mod server;

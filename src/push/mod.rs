@@ -72,7 +72,7 @@ pub struct RegisterJob {
 enum JobKind {
     New {
         app: AppId,
-        sandbox: Option<&'static str>,
+        sandbox: Option<Sandbox>,
         scope: Scope,
         options: SubscribeOptions,
         system: bool,
@@ -498,8 +498,8 @@ impl Push {
             .values()
             .filter(|s| {
                 !s.expired
-                    && s.sandbox.as_deref() == Some("flatpak")
-                    && !crate::dbus::identity::flatpak_installed(s.app_id.as_str(), &self.data_home)
+                    && s.sandbox == Some(Sandbox::Flatpak)
+                    && !crate::identity::flatpak_installed(s.app_id.as_str(), &self.data_home)
             })
             .map(|s| s.id)
             .collect();
@@ -1084,7 +1084,7 @@ impl Push {
                             created: now_ms(),
                             kind: options.kind,
                             description: options.description,
-                            sandbox: sandbox.map(str::to_string),
+                            sandbox,
                         };
                         match self.store.insert_subscription(&rec) {
                             Ok(id) => {
