@@ -5,6 +5,7 @@
 
 pub mod appserver;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod crypto;

@@ -12,7 +12,7 @@ pub mod declarative;
 mod types;
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -21,7 +21,9 @@ use tracing::{debug, error, info, warn};
 
 pub use types::*;
 
+use crate::clock::now_ms;
 use crate::config::Config;
+use crate::connection::backoff::doubling;
 use crate::connection::{
     self, Ack, Acknowledgement, Event, HelloParams, Notification, RequestError, Unregister,
 };
@@ -121,13 +123,6 @@ impl Handle {
             })
             .await;
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The part of `Config` the domain needs.
@@ -720,9 +715,7 @@ impl Push {
                     }
                 } else {
                     let failures = self.retries.get(&subscription).map_or(0, |r| r.1) + 1;
-                    let wait = RETRY_BASE
-                        .saturating_mul(1 << (failures - 1).min(16))
-                        .min(RETRY_MAX);
+                    let wait = doubling(RETRY_BASE, RETRY_MAX, failures);
                     info!(subscription, message = %message_id, retry_in_s = wait.as_secs(), "background delivery failed: the message stays pending");
                     self.retries
                         .insert(subscription, (Instant::now() + wait, failures));
@@ -1530,9 +1523,7 @@ impl Push {
                     // burst) must not push it later.
                     if self.redeliver.is_none() {
                         self.store_failures += 1;
-                        let wait = RETRY_BASE
-                            .saturating_mul(1 << (self.store_failures - 1).min(16))
-                            .min(RETRY_MAX);
+                        let wait = doubling(RETRY_BASE, RETRY_MAX, self.store_failures);
                         self.redeliver = Some(Instant::now() + wait);
                     }
                     error!(error = %e, count = items.len(), "cannot store notifications: not acknowledged; the server will send them again");

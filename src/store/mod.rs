@@ -316,10 +316,7 @@ impl Store {
                 Err(StoreError::Busy(path))
             }
             Err(e) if e.is_corruption() => {
-                let stamp = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
+                let stamp = crate::clock::now_unix();
                 let aside = dir.join(format!("{DB_FILE}.corrupt-{stamp}"));
                 fs::rename(&path, &aside).map_err(|source| StoreError::Dir {
                     path: path.clone(),
