@@ -46,8 +46,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use webpushd::client::{AdminProxy, SubscriptionProxy};
 use webpushd::crypto::{self, Encoding, SubscriptionKeys};
 use webpushd::ids::{AppId, ChannelId, Scope};
+use webpushd::push::{Kind, StoredMessage, SubscriptionRecord};
 use webpushd::server::PushServer;
-use webpushd::store::{BatchItem, Counters, Kind, Store, StoredMessage, SubscriptionRecord};
+use webpushd::store::{BatchItem, Counters, Store};
 use zbus::zvariant::{ObjectPath, OwnedValue};
 
 const PAYLOAD: usize = 3 * 1024;
@@ -475,7 +476,7 @@ fn batch_item(rec: &SubscriptionRecord, id: i64, seq: u64, payload: &[u8]) -> Ba
             expired: false,
         }),
         message: Some(StoredMessage {
-            id: format!("m{seq}"),
+            id: format!("m{seq}").into(),
             subscription_id: id,
             channel_id: rec.channel_id.clone(),
             version: format!("v{seq}"),

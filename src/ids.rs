@@ -157,11 +157,45 @@ impl fmt::Debug for Uaid {
     }
 }
 
-/// The id of a message, as apps see it in `Message` and pass to `AckMessage`: 32 hex
-/// digits derived from the server's (channel, version), so a copy the server sends again
-/// (its ack was lost, or the commit failed after the app had been told) carries the same
-/// id and the app can recognise it.
-pub fn message_id(channel: &ChannelId, version: &str) -> String {
+/// The id of a message, as apps see it in `Message` and pass to `AckMessage`. The daemon
+/// makes them with `message_id`; an id an app sends back is any text (1-128 bytes, checked
+/// on the D-Bus side) and simply matches no message if it is not one of ours.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(String);
+
+impl MessageId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl From<String> for MessageId {
+    fn from(s: String) -> MessageId {
+        MessageId(s)
+    }
+}
+
+impl std::ops::Deref for MessageId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id of a message the server sent: 32 hex digits derived from the server's (channel,
+/// version), so a copy the server sends again (its ack was lost, or the commit failed after
+/// the app had been told) carries the same id and the app can recognise it.
+pub fn message_id(channel: &ChannelId, version: &str) -> MessageId {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(b"webpushd message id\0");
     ctx.update(channel.as_str().as_bytes());
@@ -171,7 +205,7 @@ pub fn message_id(channel: &ChannelId, version: &str) -> String {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest.as_ref()[..16]);
     // 32 lower-case hex digits, the form the random ids had.
-    uuid::Uuid::from_bytes(bytes).simple().to_string()
+    MessageId(uuid::Uuid::from_bytes(bytes).simple().to_string())
 }
 
 #[cfg(test)]

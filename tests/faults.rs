@@ -1298,7 +1298,8 @@ async fn a_burst_of_apps_connecting_does_not_wedge_the_daemon() {
 async fn short_and_damaged_key_rows_do_not_stop_the_daemon() {
     use webpushd::crypto::SubscriptionKeys;
     use webpushd::ids::{AppId, ChannelId, Scope};
-    use webpushd::store::{Kind, Store, SubscriptionRecord};
+    use webpushd::push::{Kind, SubscriptionRecord};
+    use webpushd::store::Store;
     let mut s = setup().await;
     let adm = admin(&s.bus).await;
     let app = s.bus.app("org.example.Keys").await;

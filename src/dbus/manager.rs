@@ -19,7 +19,7 @@ use super::{message_meta, subscription_id_from_path, subscription_path};
 use crate::connection::{self, ConnStatus};
 use crate::crypto;
 use crate::ids::Scope;
-use crate::push::{self, Request, SubscribeOptions};
+use crate::push::{self, MessageId, Request, SubscribeOptions};
 
 pub const PATH: &str = "/org/webpushd/Push1";
 
@@ -209,7 +209,7 @@ impl Manager {
             .into_iter()
             .map(|m| {
                 let meta = message_meta(&m);
-                (m.id, ByteBuf::from(m.payload), meta)
+                (m.id.into_string(), ByteBuf::from(m.payload), meta)
             })
             .collect())
     }
@@ -227,7 +227,7 @@ impl Manager {
                 "message_id must be 1-128 bytes".into(),
             ));
         }
-        let message_id = message_id.to_string();
+        let message_id = MessageId::from(message_id.to_string());
         Ok(self
             .push
             .request(|reply| Request::Ack {

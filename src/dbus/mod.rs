@@ -34,8 +34,7 @@ use self::manager::{Admin, Manager, PATH};
 use self::subscription::SubscriptionObject;
 use crate::connection::{self, ConnStatus};
 use crate::ids::AppId;
-use crate::push::{self, Delivery, DomainEvent, Kind, SubscriptionInfo};
-use crate::store::StoredMessage;
+use crate::push::{self, Delivery, DomainEvent, Kind, StoredMessage, SubscriptionInfo};
 
 pub const BUS_NAME: &str = "org.webpushd.Push1";
 pub const CLIENT_PATH: &str = "/org/webpushd/Push1/Client";

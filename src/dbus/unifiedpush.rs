@@ -20,8 +20,9 @@ use super::identity::{Identity, Resolver};
 use super::manager::caller;
 use crate::crypto;
 use crate::ids::Scope;
-use crate::push::{self, Kind, PushError, Request, SubscribeOptions, SubscriptionInfo};
-use crate::store::StoredMessage;
+use crate::push::{
+    self, Kind, PushError, Request, StoredMessage, SubscribeOptions, SubscriptionInfo,
+};
 
 pub const BUS_NAME: &str = "org.unifiedpush.Distributor.webpushd";
 pub const PATH: &str = "/org/unifiedpush/Distributor";

@@ -23,6 +23,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::crypto::SubscriptionKeys;
 use crate::identity::Sandbox;
 use crate::ids::{AppId, ChannelId, Scope, Uaid};
+use crate::push::{Kind, StoredMessage, SubscriptionRecord};
 
 pub const DB_FILE: &str = "webpushd.db";
 pub const LOCK_FILE: &str = "webpushd.lock";
@@ -70,55 +71,20 @@ impl StoreError {
     }
 }
 
-/// What a subscription serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// The native API: payloads decrypted with the subscription's keys.
-    WebPush,
-    /// A UnifiedPush registration (D-Bus API version 1 or 2): the app holds its own keys
-    /// and gets the raw RFC 8291 body.
-    UnifiedPush(u8),
-}
-
-impl Kind {
-    fn to_columns(self) -> (&'static str, i64) {
-        match self {
-            Kind::WebPush => ("webpush", 0),
-            Kind::UnifiedPush(v) => ("unifiedpush", v as i64),
-        }
-    }
-
-    fn from_columns(kind: &str, version: i64) -> Result<Kind, String> {
-        match (kind, version) {
-            ("webpush", _) => Ok(Kind::WebPush),
-            ("unifiedpush", v @ 1..=2) => Ok(Kind::UnifiedPush(v as u8)),
-            (k, v) => Err(format!("unknown kind {k:?} version {v}")),
-        }
+/// How a `Kind` is stored: the `kind` and `up_version` columns.
+fn kind_columns(kind: Kind) -> (&'static str, i64) {
+    match kind {
+        Kind::WebPush => ("webpush", 0),
+        Kind::UnifiedPush(v) => ("unifiedpush", v as i64),
     }
 }
 
-/// A subscription as stored.
-#[derive(Debug, Clone)]
-pub struct SubscriptionRecord {
-    pub id: i64,
-    pub channel_id: ChannelId,
-    pub app_id: AppId,
-    pub scope: Scope,
-    pub endpoint: String,
-    pub keys: SubscriptionKeys,
-    pub app_server_key: Option<Vec<u8>>,
-    pub push_count: u64,
-    pub last_push: i64,
-    pub quota: i32,
-    pub expired: bool,
-    pub system: bool,
-    pub bus_name: Option<String>,
-    pub created: i64,
-    pub kind: Kind,
-    /// UnifiedPush's registration description (at most 100 bytes); empty otherwise.
-    pub description: String,
-    /// The sandbox the owner's app id came from, if any.
-    pub sandbox: Option<Sandbox>,
+fn kind_from_columns(kind: &str, version: i64) -> Result<Kind, String> {
+    match (kind, version) {
+        ("webpush", _) => Ok(Kind::WebPush),
+        ("unifiedpush", v @ 1..=2) => Ok(Kind::UnifiedPush(v as u8)),
+        (k, v) => Err(format!("unknown kind {k:?} version {v}")),
+    }
 }
 
 /// The plainly typed columns of a subscription row.
@@ -134,20 +100,6 @@ struct SubscriptionRecordPartial {
     bus_name: Option<String>,
     created: i64,
     description: String,
-}
-
-/// A decrypted message waiting for its app.
-#[derive(Debug, Clone)]
-pub struct StoredMessage {
-    pub id: String,
-    pub subscription_id: i64,
-    pub channel_id: ChannelId,
-    pub version: String,
-    pub payload: Vec<u8>,
-    pub received: i64,
-    pub ttl: u32,
-    pub topic: String,
-    pub urgency: String,
 }
 
 /// One notification of a burst, as `push` decided to record it.
@@ -486,7 +438,7 @@ impl Store {
                     system: p.system,
                     bus_name: p.bus_name,
                     created: p.created,
-                    kind: Kind::from_columns(&kind, up_version).map_err(corrupt)?,
+                    kind: kind_from_columns(&kind, up_version).map_err(corrupt)?,
                     description: p.description,
                     sandbox: Sandbox::parse(&sandbox),
                 })
@@ -537,8 +489,8 @@ impl Store {
                 s.system,
                 s.bus_name,
                 s.created,
-                s.kind.to_columns().0,
-                s.kind.to_columns().1,
+                kind_columns(s.kind).0,
+                kind_columns(s.kind).1,
                 s.description,
                 s.sandbox.map_or("", Sandbox::as_str),
                 id,
@@ -631,7 +583,7 @@ impl Store {
                 }
                 if let Some(m) = &item.message {
                     insert.execute(params![
-                        m.id,
+                        m.id.as_str(),
                         m.subscription_id,
                         m.channel_id.as_str(),
                         m.version,
@@ -717,7 +669,7 @@ impl Store {
         for row in rows {
             let (id, sub, ch, version, payload, received, ttl, topic, urgency) = row?;
             out.push(StoredMessage {
-                id,
+                id: id.into(),
                 subscription_id: sub,
                 channel_id: ChannelId::parse(&ch)
                     .map_err(|e| StoreError::Corrupt(format!("message: {e}")))?,

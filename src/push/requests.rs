@@ -1,0 +1,238 @@
+//! What apps and `pushctl` ask of the domain (through `dbus/`), answered on `Reply`s.
+
+use tracing::{debug, info};
+
+use super::{
+    Counts, Input, MessageId, Push, PushError, Reply, Request, SubscriptionInfo, SubscriptionRecord,
+};
+use crate::connection::Unregister;
+use crate::ids::{AppId, Scope};
+use crate::store::StoreError;
+
+/// Acknowledgements handled in one transaction at most.
+const MAX_ACKS: usize = 128;
+
+fn no_scope(scope: &Scope) -> PushError {
+    PushError::NotFound(format!("no subscription for scope \"{scope}\""))
+}
+
+/// One `AckMessage` of a batch.
+struct AckItem {
+    id: Option<i64>,
+    scope: Scope,
+    message_id: MessageId,
+    reply: Reply<()>,
+}
+
+impl Push {
+    pub(super) fn request(&mut self, r: Request) {
+        match r {
+            Request::Subscribe {
+                caller,
+                scope,
+                options,
+                reply,
+            } => self.subscribe(caller, scope, options, reply),
+            Request::Get { app, scope, reply } => {
+                let res = match self.index.by_scope(&app, &scope) {
+                    Some(id) => Ok(self.info(id)),
+                    None => Err(no_scope(&scope)),
+                };
+                let _ = reply.send(res);
+            }
+            Request::GetById { app, id, reply } => {
+                let res = self
+                    .owned(app.as_ref(), id)
+                    .map(SubscriptionInfo::from_record);
+                let _ = reply.send(res);
+            }
+            Request::Unsubscribe { app, scope, reply } => {
+                let res = match self.index.by_scope(&app, &scope) {
+                    Some(id) => self.remove(id, Unregister::ByApp),
+                    None => Ok(false),
+                };
+                let _ = reply.send(res);
+            }
+            Request::Remove { app, id, reply } => {
+                let why = if app.is_some() {
+                    Unregister::ByApp
+                } else {
+                    Unregister::Revoked
+                };
+                let res = self
+                    .owned(app.as_ref(), id)
+                    .map(|_| ())
+                    .and_then(|_| self.remove(id, why));
+                let _ = reply.send(res);
+            }
+            Request::List { app, reply } => {
+                let _ = reply.send(Ok(self.list(app.as_ref())));
+            }
+            Request::Fetch { app, scope, reply } => {
+                let res = match self.index.by_scope(&app, &scope) {
+                    Some(id) => self
+                        .store
+                        .pending(id)
+                        .map_err(|e| PushError::Failed(format!("cannot read messages: {e}"))),
+                    None => Err(no_scope(&scope)),
+                };
+                let _ = reply.send(res);
+            }
+            ack @ Request::Ack { .. } => self.acks(ack),
+            Request::ResetQuota { id, reply } => {
+                let res = self.owned(None, id).map(|_| ());
+                if res.is_ok() {
+                    self.restore_quota(id);
+                }
+                let _ = reply.send(res);
+            }
+            Request::SetNotificationsAllowed {
+                app,
+                allowed,
+                reply,
+            } => {
+                let res = self
+                    .store
+                    .set_notifications_allowed(&app, allowed)
+                    .map_err(|e| PushError::Failed(format!("cannot store the permission: {e}")));
+                info!(%app, allowed, "notification permission changed");
+                let _ = reply.send(res);
+            }
+            Request::Counts { reply } => {
+                let _ = reply.send(Ok(self.counts()));
+            }
+        }
+    }
+
+    fn info(&self, id: i64) -> SubscriptionInfo {
+        SubscriptionInfo::from_record(self.index.get(id).expect("indexed"))
+    }
+
+    /// The subscription `id`, if `app` (or an admin, `None`) may see it.
+    fn owned(&self, app: Option<&AppId>, id: i64) -> Result<&SubscriptionRecord, PushError> {
+        match self.index.get(id) {
+            Some(r) if app.is_none_or(|a| *a == r.app_id) => Ok(r),
+            _ => Err(PushError::NotFound(format!("no subscription {id}"))),
+        }
+    }
+
+    fn list(&self, app: Option<&AppId>) -> Vec<SubscriptionInfo> {
+        let mut v: Vec<_> = self
+            .index
+            .values()
+            .filter(|s| app.is_none_or(|a| *a == s.app_id))
+            .map(SubscriptionInfo::from_record)
+            .collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    fn counts(&self) -> Counts {
+        let pending = self
+            .index
+            .ids()
+            .map(|id| self.store.pending_count(id).unwrap_or(0))
+            .sum();
+        Counts {
+            subscriptions: self.index.len() as u64,
+            expired: self.index.values().filter(|s| s.expired).count() as u64,
+            pending_messages: pending,
+            messages_received: self.burst.received,
+            apps_connected: self
+                .delivery
+                .apps()
+                .filter(|app| self.index.values().any(|s| s.app_id == **app))
+                .count() as u64,
+            notification_server: self.delivery.notification_server(),
+        }
+    }
+
+    /// `AckMessage`: this one and every other already queued, in one transaction (one
+    /// fsync), so acknowledgements keep up with a stream of notifications.
+    fn acks(&mut self, first: Request) {
+        let items = self.gather_acks(first);
+        let keys: Vec<(i64, &str)> = items
+            .iter()
+            .filter_map(|i| i.id.map(|id| (id, i.message_id.as_str())))
+            .collect();
+        let done = self.store.ack_many(&keys);
+        let mut results = match &done {
+            Ok(v) => v.clone().into_iter(),
+            Err(_) => Vec::new().into_iter(),
+        };
+        // Nothing an app can see of a subscription changes with an ack (its pending
+        // messages are read from the store when asked): no Updated event.
+        for i in items {
+            self.delivery.taken(&i.message_id);
+            // One result per item that has a subscription, in order.
+            let deleted = match (i.id, &done) {
+                (Some(_), Ok(_)) => results.next(),
+                _ => None,
+            };
+            if deleted != Some(true) && self.acked_before_stored(&i) {
+                let _ = i.reply.send(Ok(()));
+                continue;
+            }
+            let res = ack_result(&i, &done, deleted);
+            let _ = i.reply.send(res);
+        }
+    }
+
+    /// The first `AckMessage` and every other already queued, up to `MAX_ACKS`; anything
+    /// else read meanwhile is held for the loop's next turn.
+    fn gather_acks(&mut self, first: Request) -> Vec<AckItem> {
+        let mut batch = vec![first];
+        while batch.len() < MAX_ACKS && self.io.held_input.is_none() {
+            match self.io.inputs.try_recv() {
+                Ok(Input::Request(r @ Request::Ack { .. })) => batch.push(r),
+                Ok(other) => self.io.held_input = Some(other),
+                Err(_) => break,
+            }
+        }
+        batch
+            .into_iter()
+            .filter_map(|r| match r {
+                Request::Ack {
+                    app,
+                    scope,
+                    message_id,
+                    reply,
+                } => Some(AckItem {
+                    id: self.index.by_scope(&app, &scope),
+                    scope,
+                    message_id,
+                    reply,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A message signalled before a commit that failed: the app has it, and its next copy
+    /// from the server needs no storing.
+    fn acked_before_stored(&mut self, i: &AckItem) -> bool {
+        let Some(sub) = self.burst.acked_before_stored(i.id, &i.message_id) else {
+            return false;
+        };
+        debug!(subscription = sub, message = %i.message_id, "acknowledged before it could be stored");
+        true
+    }
+}
+
+fn ack_result(
+    i: &AckItem,
+    done: &Result<Vec<bool>, StoreError>,
+    deleted: Option<bool>,
+) -> Result<(), PushError> {
+    match (i.id, done) {
+        (None, _) => Err(no_scope(&i.scope)),
+        (Some(_), Err(e)) => Err(PushError::Failed(format!("cannot acknowledge: {e}"))),
+        (Some(_), Ok(_)) => match deleted {
+            Some(true) => Ok(()),
+            _ => Err(PushError::NotFound(format!(
+                "no pending message \"{}\" for scope \"{}\"",
+                i.message_id, i.scope
+            ))),
+        },
+    }
+}

@@ -1,0 +1,114 @@
+//! Housekeeping: pending messages whose time is up, the daily pruning (old de-duplication
+//! entries, uninstalled Flatpak apps), and giving memory back after startup or a burst.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, error, info};
+
+use super::lifecycle::ExpiryReason;
+use super::Push;
+use crate::clock::now_ms;
+use crate::connection::Unregister;
+use crate::identity::{flatpak_installed, Sandbox};
+use crate::store::Store;
+
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// How long after startup, or after the first message of a burst, memory is given back.
+const TRIM_AFTER: Duration = Duration::from_secs(3);
+/// How long a de-duplication entry is kept (once its message is gone).
+const SEEN_FOR_MS: i64 = 7 * 24 * 3600 * 1000;
+
+#[derive(Debug)]
+pub(super) struct Upkeep {
+    /// Next daily housekeeping (pruning, uninstalled Flatpak apps).
+    pub maintenance: Instant,
+    /// When to hand memory left over from startup or a burst back to the system.
+    pub trim_at: Option<Instant>,
+    /// `$XDG_DATA_HOME`, where user Flatpak installations live.
+    data_home: PathBuf,
+}
+
+impl Upkeep {
+    pub fn new() -> Upkeep {
+        Upkeep {
+            maintenance: Instant::now() + MAINTENANCE_EVERY,
+            trim_at: Some(Instant::now() + TRIM_AFTER),
+            data_home: directories::BaseDirs::new()
+                .map(|b| b.data_dir().to_path_buf())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A burst began: give its memory back a little after it.
+    pub fn burst_started(&mut self) {
+        if self.trim_at.is_none() {
+            self.trim_at = Some(Instant::now() + TRIM_AFTER);
+        }
+    }
+
+    /// When the first pending message expires.
+    pub fn next_expiry(&self, store: &Store) -> Option<Instant> {
+        store.next_expiry().ok().flatten().map(|at| {
+            let wait = (at - now_ms()).max(0) as u64;
+            Instant::now() + Duration::from_millis(wait)
+        })
+    }
+}
+
+impl Push {
+    pub(super) fn upkeep_due(&mut self, now: Instant) {
+        if self.upkeep.trim_at.is_some_and(|at| at <= now) {
+            self.upkeep.trim_at = None;
+            self.release_memory();
+        }
+        if now >= self.upkeep.maintenance {
+            self.upkeep.maintenance = now + MAINTENANCE_EVERY;
+            self.housekeeping();
+        }
+    }
+
+    /// Give back what loading the subscriptions or a burst left behind: SQLite's page
+    /// cache and the allocator's free pages. An idle daemon should be small.
+    fn release_memory(&mut self) {
+        if let Err(e) = self.store.release_memory() {
+            debug!(error = %e, "cannot shrink SQLite's cache");
+        }
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only returns free memory to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
+    /// Once at startup and once a day: forget old de-duplication entries, and expire the
+    /// subscriptions of Flatpak apps that are no longer installed.
+    pub(super) fn housekeeping(&mut self) {
+        let _ = self.store.prune_seen(now_ms() - SEEN_FOR_MS);
+        let data_home = &self.upkeep.data_home;
+        let gone = self.index.ids_where(|s| {
+            !s.expired
+                && s.sandbox == Some(Sandbox::Flatpak)
+                && !flatpak_installed(s.app_id.as_str(), data_home)
+        });
+        for id in gone {
+            info!(
+                subscription = id,
+                "the Flatpak app is no longer installed: subscription expired"
+            );
+            self.expire(id, ExpiryReason::AppRemoved, Unregister::Revoked);
+        }
+    }
+
+    pub(super) fn expire_messages(&mut self) {
+        match self.store.expire_messages(now_ms()) {
+            Ok(gone) => {
+                for (sub, id) in gone {
+                    info!(subscription = sub, message = %id, "pending message dropped: delivery.max_age passed");
+                }
+            }
+            Err(e) => error!(error = %e, "cannot expire pending messages"),
+        }
+    }
+}
