@@ -46,7 +46,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use webpushd::client::{AdminProxy, SubscriptionProxy};
 use webpushd::crypto::{self, Encoding, SubscriptionKeys};
 use webpushd::ids::{AppId, ChannelId, Scope};
-use webpushd::push::{Kind, StoredMessage, SubscriptionRecord};
+use webpushd::push::{Kind, PendingCap, StoredMessage, SubscriptionRecord};
 use webpushd::server::PushServer;
 use webpushd::store::{BatchItem, Counters, Store};
 use zbus::zvariant::{ObjectPath, OwnedValue};
@@ -561,7 +561,11 @@ async fn stages(bus: &Bus, quick: bool) -> Stages {
     let us = per_call_us(n1, |i| {
         let item = batch_item(&rec, id, i as u64, &payload);
         store
-            .record_batch(&[item], 1, 1_000_000, &Default::default())
+            .record_batch(
+                &[item],
+                1,
+                &PendingCap::new(1_000_000, 1, &Default::default()),
+            )
             .unwrap();
     });
     st.add(
@@ -601,7 +605,11 @@ async fn stages(bus: &Bus, quick: bool) -> Stages {
                 })
                 .collect();
             store
-                .record_batch(&items, 1, 1_000_000, &Default::default())
+                .record_batch(
+                    &items,
+                    1,
+                    &PendingCap::new(1_000_000, 1, &Default::default()),
+                )
                 .unwrap();
         }) / batch as f64;
         st.add(

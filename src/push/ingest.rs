@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use super::cap::PendingCap;
 use super::decrypt::{decrypt_burst, Job};
 use super::delivery::{DeliveryState, MutableWait, RETRY_BASE, RETRY_MAX};
 use super::lifecycle::ExpiryReason;
@@ -258,8 +259,8 @@ impl Push {
                     .is_some_and(|r| self.delivery.app_present(&r.app_id))
             })
             .collect();
-        let max_pending = self.policy.max_pending;
-        match self.store.record_batch(&items, now, max_pending, &running) {
+        let cap = PendingCap::new(self.policy.max_pending, now, &running);
+        match self.store.record_batch(&items, now, &cap) {
             Ok((outcomes, evicted)) => {
                 self.burst.stored(&items);
                 log_evicted(evicted);

@@ -14,6 +14,7 @@
 //! transaction that stores it has committed. A notification that cannot be stored is not
 //! acknowledged at all, so the server keeps it.
 
+mod cap;
 pub mod declarative;
 mod decrypt;
 mod delivery;
@@ -32,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+pub use cap::{PendingCap, EVICTION_GRACE_MS};
 pub use lifecycle::RegisterJob;
 pub use types::*;
 

@@ -12,7 +12,6 @@
 
 mod schema;
 
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
@@ -27,15 +26,23 @@ use crate::push::{Kind, StoredMessage, SubscriptionRecord};
 
 pub const DB_FILE: &str = "webpushd.db";
 pub const LOCK_FILE: &str = "webpushd.lock";
-/// How long a message is safe from the pending cap (see `record_batch`).
-pub const EVICTION_GRACE_MS: i64 = 30_000;
-/// Within the grace, how many times the cap is kept for a subscription whose app is not
-/// running (nobody is working through them: a flood stays small)...
-pub const GRACE_BOUND_WAITING: i64 = 10;
-/// ...and for one whose app is running and is sent every message as it comes: its
-/// acknowledgements queue behind the messages on its bus connection, so under a burst
-/// they lag by seconds.
-pub const GRACE_BOUND_RUNNING: i64 = 100;
+
+/// A pending message beyond a subscription's cap, as the store reports it to the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverCap {
+    /// The store's key for it.
+    pub key: i64,
+    pub received: i64,
+}
+
+/// Which pending messages the pending cap drops: decided by `push`, carried out by
+/// `record_batch` inside its transaction.
+pub trait CapPolicy {
+    /// How many of a subscription's newest messages are always kept.
+    fn keep_newest(&self) -> u32;
+    /// Of the messages beyond that (newest first), the keys of those to drop, in order.
+    fn evict(&self, subscription: i64, over: &[OverCap]) -> Vec<i64>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -536,15 +543,15 @@ impl Store {
     }
 
     /// Record a burst of notifications in one transaction. Each item is checked against
-    /// what was seen before; duplicates change nothing. Returns one outcome per item, in
-    /// order, and the ids of messages evicted by the pending cap. `running` are the
-    /// subscriptions whose app is running (see `GRACE_BOUND_RUNNING`).
+    /// what was seen before; duplicates change nothing. Then, for each subscription that
+    /// got a message, the messages beyond `cap.keep_newest()` are shown to `cap` and those
+    /// it names are dropped. Returns one outcome per item, in order, and the ids of the
+    /// messages dropped.
     pub fn record_batch(
         &mut self,
         items: &[BatchItem],
         now_ms: i64,
-        max_pending: u32,
-        running: &HashSet<i64>,
+        cap: &impl CapPolicy,
     ) -> Result<(Vec<Recorded>, Evicted), StoreError> {
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(items.len());
@@ -611,10 +618,6 @@ impl Store {
         }
         let mut evicted = Vec::new();
         {
-            // The oldest beyond the cap go, but only once they have had EVICTION_GRACE to
-            // be acknowledged: a burst to a running app must not lose what the app is about
-            // to ack. Beyond GRACE_BOUND_* times the cap they go at once, so a flood stays
-            // bounded.
             // Walks `messages_by_subscription` alone (rowid and received are in the index):
             // reading `id` for every row would read every 3 KiB row's page.
             let mut over = tx.prepare_cached(
@@ -623,22 +626,17 @@ impl Store {
             )?;
             let mut del =
                 tx.prepare_cached("DELETE FROM messages WHERE rowid = ?1 RETURNING id")?;
-            let cutoff = now_ms - EVICTION_GRACE_MS;
             for sub in touched {
-                let factor = if running.contains(&sub) {
-                    GRACE_BOUND_RUNNING
-                } else {
-                    GRACE_BOUND_WAITING
-                };
-                let hard = (max_pending as i64).saturating_mul(factor);
-                let rows: Vec<(i64, i64)> = over
-                    .query_map(params![sub, max_pending], |r| Ok((r.get(0)?, r.get(1)?)))?
+                let rows: Vec<OverCap> = over
+                    .query_map(params![sub, cap.keep_newest()], |r| {
+                        Ok(OverCap {
+                            key: r.get(0)?,
+                            received: r.get(1)?,
+                        })
+                    })?
                     .collect::<Result<_, _>>()?;
-                for (n, (rowid, received)) in (max_pending as i64 + 1..).zip(rows) {
-                    if received > cutoff && n <= hard {
-                        continue;
-                    }
-                    let id: String = del.query_row([rowid], |r| r.get(0))?;
+                for key in cap.evict(sub, &rows) {
+                    let id: String = del.query_row([key], |r| r.get(0))?;
                     evicted.push((sub, id));
                 }
             }
@@ -809,7 +807,10 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
+    use crate::push::{PendingCap, EVICTION_GRACE_MS};
 
     pub(crate) fn record(channel: &str, scope: &str) -> SubscriptionRecord {
         SubscriptionRecord {
@@ -880,8 +881,7 @@ mod tests {
                         message: Some(message(id, CH, "v1", 5)),
                     }],
                     5,
-                    100,
-                    &HashSet::new(),
+                    &PendingCap::new(100, 5, &HashSet::new()),
                 )
                 .unwrap();
             assert_eq!(out, vec![Recorded::Stored]);
@@ -920,7 +920,11 @@ mod tests {
         };
         let none = HashSet::new();
         let (out, _) = store
-            .record_batch(&[item("a", 1), item("a", 2), item("b", 3)], 3, 100, &none)
+            .record_batch(
+                &[item("a", 1), item("a", 2), item("b", 3)],
+                3,
+                &PendingCap::new(100, 3, &none),
+            )
             .unwrap();
         assert_eq!(
             out,
@@ -928,12 +932,20 @@ mod tests {
         );
         // Within the grace nothing is dropped; once it has passed, the oldest go.
         let (_, evicted) = store
-            .record_batch(&[item("c", 4), item("d", 5)], 5, 3, &none)
+            .record_batch(
+                &[item("c", 4), item("d", 5)],
+                5,
+                &PendingCap::new(3, 5, &none),
+            )
             .unwrap();
         assert!(evicted.is_empty());
         let later = 5 + EVICTION_GRACE_MS;
         let (_, evicted) = store
-            .record_batch(&[item("e", later)], later, 3, &none)
+            .record_batch(
+                &[item("e", later)],
+                later,
+                &PendingCap::new(3, later, &none),
+            )
             .unwrap();
         assert_eq!(evicted.len(), 2);
         let left: Vec<String> = store
@@ -946,19 +958,25 @@ mod tests {
         // Acknowledged messages stay de-duplicated.
         let first = store.pending(id).unwrap()[0].id.clone();
         assert!(store.ack(id, &first).unwrap());
-        let (out, _) = store.record_batch(&[item("c", 6)], 6, 100, &none).unwrap();
+        let (out, _) = store
+            .record_batch(&[item("c", 6)], 6, &PendingCap::new(100, 6, &none))
+            .unwrap();
         assert_eq!(out, vec![Recorded::Duplicate]);
         // A flood within the grace is still bounded: ten times the cap while the app is
         // not running, a hundred times while it is.
         let flood: Vec<_> = (0..25).map(|i| item(&format!("f{i}"), later + 1)).collect();
-        let (_, evicted) = store.record_batch(&flood, later + 1, 2, &none).unwrap();
+        let (_, evicted) = store
+            .record_batch(&flood, later + 1, &PendingCap::new(2, later + 1, &none))
+            .unwrap();
         assert_eq!(store.pending(id).unwrap().len(), 20);
         assert_eq!(evicted.len(), 25 + 2 - 20);
         let running = HashSet::from([id]);
         let flood: Vec<_> = (0..250)
             .map(|i| item(&format!("g{i}"), later + 2))
             .collect();
-        let (_, evicted) = store.record_batch(&flood, later + 2, 2, &running).unwrap();
+        let (_, evicted) = store
+            .record_batch(&flood, later + 2, &PendingCap::new(2, later + 2, &running))
+            .unwrap();
         assert_eq!(store.pending(id).unwrap().len(), 200);
         assert_eq!(evicted.len(), 250 + 20 - 200);
     }
@@ -987,7 +1005,9 @@ mod tests {
                     }
                 })
                 .collect();
-            store.record_batch(&items, 1, 1_000_000, &none).unwrap();
+            store
+                .record_batch(&items, 1, &PendingCap::new(1_000_000, 1, &none))
+                .unwrap();
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
