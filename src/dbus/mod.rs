@@ -7,6 +7,7 @@
 //! **API boundary:** the interfaces here must match `dist/org.webpushd.Push1.xml`; a test
 //! compares them with what the daemon introspects.
 
+pub mod bus;
 pub mod error;
 pub mod identity;
 pub mod manager;
@@ -28,11 +29,12 @@ use zbus::names::BusName;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
 
+pub use self::bus::{Bus, Objects};
 use self::error::Error;
 use self::identity::Resolver;
 use self::manager::{Admin, Manager, PATH};
 use self::subscription::SubscriptionObject;
-use crate::connection::{self, ConnStatus};
+use crate::connection::ConnStatus;
 use crate::ids::AppId;
 use crate::push::{self, Delivery, DomainEvent, Kind, SubscriptionInfo};
 use crate::store::StoredMessage;
@@ -123,58 +125,6 @@ impl Presence {
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default()
     }
-}
-
-/// Serve every object on `conn` (before the bus name is taken: activation relies on the
-/// objects being there when the name appears).
-pub async fn serve(
-    conn: &zbus::Connection,
-    push: push::Handle,
-    connection: connection::Handle,
-    resolver: Arc<Resolver>,
-    subscriptions: Vec<SubscriptionInfo>,
-    server_url: String,
-    uaid: Arc<Mutex<String>>,
-) -> zbus::Result<()> {
-    let server = conn.object_server();
-    server
-        .at(
-            PATH,
-            Manager {
-                push: push.clone(),
-                resolver: resolver.clone(),
-            },
-        )
-        .await?;
-    server
-        .at(
-            PATH,
-            Admin {
-                push: push.clone(),
-                conn: connection.clone(),
-                resolver: resolver.clone(),
-                status: connection.status(),
-                server_url,
-                uaid,
-            },
-        )
-        .await?;
-    for info in subscriptions {
-        add_subscription(conn, &push, &resolver, info).await?;
-    }
-    server
-        .at(
-            unifiedpush::PATH,
-            unifiedpush::Distributor2::new(push.clone(), resolver.clone()),
-        )
-        .await?;
-    server
-        .at(
-            unifiedpush::PATH,
-            unifiedpush::Distributor1::new(push.clone(), resolver.clone()),
-        )
-        .await?;
-    Ok(())
 }
 
 async fn add_subscription(
