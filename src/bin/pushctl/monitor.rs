@@ -127,13 +127,26 @@ fn on_message(out: &Out, m: &Message) -> Result<()> {
 
 fn on_subscription_changed(out: &Out, m: &SubscriptionChanged) -> Result<()> {
     let a = m.args()?;
+    let path = a.subscription().as_str();
+    emit_reason(out, "SubscriptionChanged", path, a.scope(), a.reason());
+    Ok(())
+}
+
+fn on_expired(out: &Out, m: &Expired) -> Result<()> {
+    let a = m.args()?;
+    let path = a.subscription().as_str();
+    emit_reason(out, "Expired", path, a.scope(), a.reason());
+    Ok(())
+}
+
+/// SubscriptionChanged and Expired: a subscription, its scope and a reason.
+fn emit_reason(out: &Out, kind: &str, subscription: &str, scope: &str, reason: &str) {
     emit(
         out,
-        "SubscriptionChanged",
-        json!({"subscription": a.subscription().as_str(), "scope": a.scope(), "reason": a.reason()}),
-        format!("{} {}", a.scope(), a.reason()),
+        kind,
+        json!({"subscription": subscription, "scope": scope, "reason": reason}),
+        format!("{scope} {reason}"),
     );
-    Ok(())
 }
 
 fn on_quota_changed(out: &Out, m: &QuotaChanged) -> Result<()> {
@@ -143,17 +156,6 @@ fn on_quota_changed(out: &Out, m: &QuotaChanged) -> Result<()> {
         "QuotaChanged",
         json!({"subscription": a.subscription().as_str(), "scope": a.scope(), "remaining": a.remaining()}),
         format!("{} remaining {}", a.scope(), a.remaining()),
-    );
-    Ok(())
-}
-
-fn on_expired(out: &Out, m: &Expired) -> Result<()> {
-    let a = m.args()?;
-    emit(
-        out,
-        "Expired",
-        json!({"subscription": a.subscription().as_str(), "scope": a.scope(), "reason": a.reason()}),
-        format!("{} {}", a.scope(), a.reason()),
     );
     Ok(())
 }
