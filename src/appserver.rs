@@ -3,7 +3,7 @@
 //! the tests, so both exercise the same path a real application server takes.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -143,11 +143,7 @@ fn request(
     let mut req = Request::post(url.path)
         .header("Host", format!("{}:{}", url.host, url.port))
         .header("TTL", opts.ttl.to_string());
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        + 12 * 3600;
+    let exp = crate::clock::now_unix() + 12 * 3600;
     req = req.header(
         "Authorization",
         vapid::authorization_header(key, &origin(endpoint)?, &opts.subject, exp)?,

@@ -5,11 +5,13 @@
 
 pub mod appserver;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod crypto;
 pub mod daemon;
 pub mod dbus;
+pub mod identity;
 pub mod ids;
 pub mod push;
 pub mod server;

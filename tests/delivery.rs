@@ -40,9 +40,11 @@ fn members(iface: &Interface<'_>) -> Vec<String> {
         v.push(format!("signal {}({})", s.name(), args.join(", ")));
     }
     for p in iface.properties() {
+        // Documentation is the XML's alone; the daemon does not introspect it.
         let emits: Vec<String> = p
             .annotations()
             .iter()
+            .filter(|a| a.name() != "org.gtk.GDBus.DocString")
             .map(|a| format!("{}={}", a.name(), a.value()))
             .collect();
         v.push(format!(

@@ -1,7 +1,16 @@
-//! Reconnect back-off: at once after a connection that was up, then `base` doubling up to
-//! `max`, with ±20 % jitter so a fleet of desktops does not reconnect in step.
+//! Back-off: `base` doubling up to `max` (`doubling`), the one formula of the daemon. The
+//! reconnect back-off (`Backoff`) adds to it: at once after a connection that was up, and
+//! ±20 % jitter so a fleet of desktops does not reconnect in step; `push` uses the formula
+//! alone for delivery retries and for reconnecting after a failed store.
 
 use std::time::Duration;
+
+/// The wait after `failures` failures in a row (the first failure waits `base`), doubling
+/// up to `max`. No failure yet waits `base` too.
+pub fn doubling(base: Duration, max: Duration, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(30);
+    base.saturating_mul(1u32 << exp).min(max)
+}
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -36,9 +45,8 @@ impl Backoff {
             self.was_up = false;
             return Duration::ZERO;
         }
-        let exp = self.failures.min(30);
         self.failures = self.failures.saturating_add(1);
-        let raw = self.base.saturating_mul(1u32 << exp.min(31)).min(self.max);
+        let raw = doubling(self.base, self.max, self.failures);
         // xorshift64: cheap, seedable, good enough for jitter.
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
@@ -69,6 +77,17 @@ mod tests {
                 "{d} vs {e}"
             );
         }
+    }
+
+    #[test]
+    fn doubling_starts_at_base_and_stops_at_max() {
+        let s = Duration::from_secs;
+        let waits: Vec<u64> = (1..=9)
+            .map(|n| doubling(s(5), s(600), n).as_secs())
+            .collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 600, 600]);
+        assert_eq!(doubling(s(5), s(600), 0), s(5));
+        assert_eq!(doubling(s(5), s(600), u32::MAX), s(600));
     }
 
     #[test]

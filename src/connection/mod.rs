@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::{ChannelId, Uaid};
-pub use protocol::{AckUpdate, Notification};
+pub use protocol::{Ack, AckUpdate, Notification, Unregister};
 
 /// What the actor needs to know; built from `Config` by the daemon.
 #[derive(Debug, Clone)]
@@ -97,6 +97,14 @@ pub enum Event {
     Broadcast(BTreeMap<String, String>),
 }
 
+/// One notification's acknowledgement, as `push` decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledgement {
+    pub channel_id: ChannelId,
+    pub version: String,
+    pub ack: Ack,
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RequestError {
     #[error("the push server did not answer in time")]
@@ -156,13 +164,22 @@ impl Handle {
 
     /// Unregister a channel. Fire and forget: a channel the server still knows is cleaned up
     /// the next time it sends something for it (ack 102 + unregister).
-    pub fn unregister(&self, channel: ChannelId, code: u16) {
+    pub fn unregister(&self, channel: ChannelId, reason: Unregister) {
+        let code = reason.code();
         let _ = self.tx.try_send(Command::Unregister { channel, code });
     }
 
     /// Acknowledge notifications, in one `ack` message.
-    pub async fn ack(&self, updates: Vec<AckUpdate>) {
-        if !updates.is_empty() {
+    pub async fn ack(&self, acks: Vec<Acknowledgement>) {
+        if !acks.is_empty() {
+            let updates = acks
+                .into_iter()
+                .map(|a| AckUpdate {
+                    channel_id: a.channel_id.to_string(),
+                    version: a.version,
+                    code: a.ack.code(),
+                })
+                .collect();
             let _ = self.tx.send(Command::Ack(updates)).await;
         }
     }

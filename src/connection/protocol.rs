@@ -21,6 +21,50 @@ pub const UNREGISTER_BY_APP: u16 = 200;
 pub const UNREGISTER_QUOTA: u16 = 201;
 pub const UNREGISTER_REVOKED: u16 = 202;
 
+/// What became of a notification, as the daemon tells the server (the code it sends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// Stored for its app (100).
+    Delivered,
+    /// Its payload could not be decrypted (101).
+    Undecryptable,
+    /// Not kept: an unknown or expired channel, a copy, an undecodable UnifiedPush body
+    /// (102).
+    NotDelivered,
+}
+
+impl Ack {
+    pub fn code(self) -> u16 {
+        match self {
+            Ack::Delivered => ACK_STORED,
+            Ack::Undecryptable => ACK_DECRYPT_FAILED,
+            Ack::NotDelivered => ACK_NOT_DELIVERED,
+        }
+    }
+}
+
+/// Why a channel is unregistered (the code sent with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unregister {
+    /// The app unsubscribed, or a registration it asked for is given back (200).
+    ByApp,
+    /// The quota is used up (201).
+    Quota,
+    /// Revoked by the user or the daemon: an unknown channel, an uninstalled app, a
+    /// channel the server refuses (202).
+    Revoked,
+}
+
+impl Unregister {
+    pub fn code(self) -> u16 {
+        match self {
+            Unregister::ByApp => UNREGISTER_BY_APP,
+            Unregister::Quota => UNREGISTER_QUOTA,
+            Unregister::Revoked => UNREGISTER_REVOKED,
+        }
+    }
+}
+
 /// The server's "do not reconnect" close code.
 pub const CLOSE_NO_RECONNECT: u16 = 4774;
 

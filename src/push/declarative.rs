@@ -58,11 +58,45 @@ pub struct Action {
 #[derive(Deserialize)]
 struct Wire {
     web_push: u64,
-    notification: Notification,
-    #[serde(default)]
+    notification: WireNotification,
+    #[serde(default, deserialize_with = "badge")]
     app_badge: Option<u64>,
     #[serde(default)]
-    mutable: bool,
+    mutable: Option<bool>,
+}
+
+/// Safari reads `mutable` and `app_badge` inside `notification`; the draft has them at the
+/// top level. Both are accepted; the top level wins when both are there.
+#[derive(Deserialize)]
+struct WireNotification {
+    #[serde(flatten)]
+    notification: Notification,
+    #[serde(default, deserialize_with = "badge")]
+    app_badge: Option<u64>,
+    #[serde(default)]
+    mutable: Option<bool>,
+}
+
+/// A badge count: a number, or (as Safari accepts) a string of ASCII digits.
+fn badge<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Badge {
+        Number(u64),
+        Digits(String),
+    }
+    match Option::<Badge>::deserialize(d)? {
+        None => Ok(None),
+        Some(Badge::Number(n)) => Ok(Some(n)),
+        Some(Badge::Digits(s))
+            if !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            s.parse().map(Some).map_err(serde::de::Error::custom)
+        }
+        Some(Badge::Digits(s)) => Err(serde::de::Error::custom(format!(
+            "app_badge {s:?} is not a count"
+        ))),
+    }
 }
 
 /// Longest title/body we pass on; notification servers truncate anyway.
@@ -96,7 +130,9 @@ pub fn parse(payload: &[u8]) -> Option<Declarative> {
     if wire.web_push != 8030 {
         return None;
     }
-    let n = wire.notification;
+    let app_badge = wire.app_badge.or(wire.notification.app_badge);
+    let mutable = wire.mutable.or(wire.notification.mutable).unwrap_or(false);
+    let n = wire.notification.notification;
     if n.title.is_empty() || n.title.len() > MAX_TEXT || n.body.len() > MAX_TEXT {
         return None;
     }
@@ -115,8 +151,8 @@ pub fn parse(payload: &[u8]) -> Option<Declarative> {
     n.actions.truncate(MAX_ACTIONS);
     Some(Declarative {
         notification: n,
-        app_badge: wire.app_badge,
-        mutable: wire.mutable,
+        app_badge,
+        mutable,
     })
 }
 
@@ -148,6 +184,25 @@ mod tests {
             br#"{"web_push":"8030","notification":{"title":"a","navigate":"https://e/"}}"#,
             br#"{"web_push":8030,"notification":{"title":"a","navigate":"https://e/","actions":[{"action":"x","title":"X","navigate":"ftp://e/"}]}}"#,
             br#"{"web_push":8030,"notification":{"title":"","navigate":"https://e/"}}"#,
+        ] {
+            assert_eq!(parse(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn mutable_and_app_badge_inside_notification_as_safari_reads_them() {
+        let d = parse(br#"{"web_push":8030,"notification":{"title":"Hi","navigate":"https://e/","app_badge":"12","mutable":true}}"#).unwrap();
+        assert_eq!((d.app_badge, d.mutable), (Some(12), true));
+        let d = parse(br#"{"web_push":8030,"notification":{"title":"Hi","navigate":"https://e/","app_badge":4}}"#).unwrap();
+        assert_eq!((d.app_badge, d.mutable), (Some(4), false));
+        // The draft's top level wins when both are given.
+        let d = parse(br#"{"web_push":8030,"app_badge":"7","mutable":false,"notification":{"title":"Hi","navigate":"https://e/","app_badge":1,"mutable":true}}"#).unwrap();
+        assert_eq!((d.app_badge, d.mutable), (Some(7), false));
+        for bad in [
+            &br#"{"web_push":8030,"app_badge":"seven","notification":{"title":"a","navigate":"https://e/"}}"#[..],
+            br#"{"web_push":8030,"notification":{"title":"a","navigate":"https://e/","app_badge":"-1"}}"#,
+            br#"{"web_push":8030,"notification":{"title":"a","navigate":"https://e/","app_badge":""}}"#,
+            br#"{"web_push":8030,"notification":{"title":"a","navigate":"https://e/","mutable":"yes"}}"#,
         ] {
             assert_eq!(parse(bad), None, "{}", String::from_utf8_lossy(bad));
         }

@@ -12,7 +12,7 @@ pub mod declarative;
 mod types;
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -21,12 +21,12 @@ use tracing::{debug, error, info, warn};
 
 pub use types::*;
 
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::connection::protocol::{
-    ACK_DECRYPT_FAILED, ACK_NOT_DELIVERED, ACK_STORED, UNREGISTER_BY_APP, UNREGISTER_QUOTA,
-    UNREGISTER_REVOKED,
+use crate::connection::backoff::doubling;
+use crate::connection::{
+    self, Ack, Acknowledgement, Event, HelloParams, Notification, RequestError, Unregister,
 };
-use crate::connection::{self, AckUpdate, Event, HelloParams, Notification, RequestError};
 use crate::crypto::{self, Encoding, EncodingHeaders, SubscriptionKeys};
 use crate::ids::{message_id, AppId, ChannelId, Scope, Uaid};
 use crate::store::{BatchItem, Counters, Recorded, Store, StoredMessage, SubscriptionRecord};
@@ -72,7 +72,7 @@ pub struct RegisterJob {
 enum JobKind {
     New {
         app: AppId,
-        sandbox: Option<&'static str>,
+        sandbox: Option<Sandbox>,
         scope: Scope,
         options: SubscribeOptions,
         system: bool,
@@ -123,13 +123,6 @@ impl Handle {
             })
             .await;
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The part of `Config` the domain needs.
@@ -498,8 +491,8 @@ impl Push {
             .values()
             .filter(|s| {
                 !s.expired
-                    && s.sandbox.as_deref() == Some("flatpak")
-                    && !crate::dbus::identity::flatpak_installed(s.app_id.as_str(), &self.data_home)
+                    && s.sandbox == Some(Sandbox::Flatpak)
+                    && !crate::identity::flatpak_installed(s.app_id.as_str(), &self.data_home)
             })
             .map(|s| s.id)
             .collect();
@@ -508,12 +501,12 @@ impl Push {
                 subscription = id,
                 "the Flatpak app is no longer installed: subscription expired"
             );
-            self.expire(id, "app-removed", UNREGISTER_REVOKED);
+            self.expire(id, "app-removed", Unregister::Revoked);
         }
     }
 
     /// Expire a subscription now: unregister it, keep it with `Expired = true`, tell the app.
-    fn expire(&mut self, id: i64, reason: &'static str, code: u16) {
+    fn expire(&mut self, id: i64, reason: &'static str, code: Unregister) {
         let Some(rec) = self.subs.get_mut(&id) else {
             return;
         };
@@ -722,9 +715,7 @@ impl Push {
                     }
                 } else {
                     let failures = self.retries.get(&subscription).map_or(0, |r| r.1) + 1;
-                    let wait = RETRY_BASE
-                        .saturating_mul(1 << (failures - 1).min(16))
-                        .min(RETRY_MAX);
+                    let wait = doubling(RETRY_BASE, RETRY_MAX, failures);
                     info!(subscription, message = %message_id, retry_in_s = wait.as_secs(), "background delivery failed: the message stays pending");
                     self.retries
                         .insert(subscription, (Instant::now() + wait, failures));
@@ -768,16 +759,16 @@ impl Push {
             }
             Request::Unsubscribe { app, scope, reply } => {
                 let res = match self.by_scope.get(&(app, scope)).copied() {
-                    Some(id) => self.remove(id, UNREGISTER_BY_APP),
+                    Some(id) => self.remove(id, Unregister::ByApp),
                     None => Ok(false),
                 };
                 let _ = reply.send(res);
             }
             Request::Remove { app, id, reply } => {
                 let code = if app.is_some() {
-                    UNREGISTER_BY_APP
+                    Unregister::ByApp
                 } else {
-                    UNREGISTER_REVOKED
+                    Unregister::Revoked
                 };
                 let res = self
                     .owned(app.as_ref(), id)
@@ -944,7 +935,7 @@ impl Push {
         }
     }
 
-    fn remove(&mut self, id: i64, code: u16) -> Result<bool, PushError> {
+    fn remove(&mut self, id: i64, code: Unregister) -> Result<bool, PushError> {
         self.store
             .delete_subscription(id)
             .map_err(|e| PushError::Failed(format!("cannot delete the subscription: {e}")))?;
@@ -1084,7 +1075,7 @@ impl Push {
                             created: now_ms(),
                             kind: options.kind,
                             description: options.description,
-                            sandbox: sandbox.map(str::to_string),
+                            sandbox,
                         };
                         match self.store.insert_subscription(&rec) {
                             Ok(id) => {
@@ -1098,7 +1089,7 @@ impl Push {
                             }
                             Err(e) => {
                                 self.conn
-                                    .unregister(rec.channel_id.clone(), UNREGISTER_BY_APP);
+                                    .unregister(rec.channel_id.clone(), Unregister::ByApp);
                                 Err(PushError::Failed(format!(
                                     "cannot store the subscription: {e}"
                                 )))
@@ -1116,7 +1107,7 @@ impl Push {
                 let Some(rec) = self.subs.get(&id).map(|r| SubscriptionRecord::clone(r)) else {
                     // Removed meanwhile: give the new channel back.
                     if result.is_ok() {
-                        self.conn.unregister(job.channel, UNREGISTER_BY_APP);
+                        self.conn.unregister(job.channel, Unregister::ByApp);
                     }
                     return;
                 };
@@ -1153,7 +1144,7 @@ impl Push {
                                 Ok(info)
                             }
                             Err(e) => {
-                                self.conn.unregister(new.channel_id, UNREGISTER_BY_APP);
+                                self.conn.unregister(new.channel_id, Unregister::ByApp);
                                 Err(PushError::Failed(format!(
                                     "cannot store the subscription: {e}"
                                 )))
@@ -1165,7 +1156,7 @@ impl Push {
                         if reason == "server-reset" {
                             if let RequestError::Rejected(_) = e {
                                 // The server refuses this channel: it is gone for good.
-                                self.expire(id, "server", UNREGISTER_REVOKED);
+                                self.expire(id, "server", Unregister::Revoked);
                             }
                         }
                         Err(request_error(e))
@@ -1282,10 +1273,10 @@ impl Push {
             self.trim_at = Some(Instant::now() + TRIM_AFTER);
         }
         let ttl = self.policy.max_age.as_secs().min(u32::MAX as u64) as u32;
-        let mut acks_now: Vec<AckUpdate> = Vec::new();
+        let mut acks_now: Vec<Acknowledgement> = Vec::new();
         let mut items: Vec<BatchItem> = Vec::new();
         // Per item: (ack code, subscription id, expired-by-this-message)
-        let mut plan: Vec<(u16, i64, bool, Presentation)> = Vec::new();
+        let mut plan: Vec<(Ack, i64, bool, Presentation)> = Vec::new();
         let mut counters: HashMap<i64, Counters> = HashMap::new();
         let mut in_batch: HashSet<(ChannelId, String)> = HashSet::new();
         // Messages already signalled to their running app, before the commit.
@@ -1307,16 +1298,16 @@ impl Push {
 
         for n in batch {
             let pre = decrypted_all.next().flatten();
-            let ack = |code| AckUpdate {
-                channel_id: n.channel_id.to_string(),
+            let ack = |ack| Acknowledgement {
+                channel_id: n.channel_id.clone(),
                 version: n.version.clone(),
-                code,
+                ack,
             };
             let Some(id) = self.by_channel.get(&n.channel_id).copied() else {
                 info!(channel = %n.channel_id, "notification for an unknown channel: acknowledged 102 and unregistered");
-                acks_now.push(ack(ACK_NOT_DELIVERED));
+                acks_now.push(ack(Ack::NotDelivered));
                 self.conn
-                    .unregister(n.channel_id.clone(), UNREGISTER_REVOKED);
+                    .unregister(n.channel_id.clone(), Unregister::Revoked);
                 continue;
             };
             let rec = &self.subs[&id];
@@ -1328,8 +1319,9 @@ impl Push {
                     subscription = id,
                     "notification for an expired subscription: 102 and unregistered"
                 );
-                acks_now.push(ack(ACK_NOT_DELIVERED));
-                self.conn.unregister(n.channel_id.clone(), UNREGISTER_QUOTA);
+                acks_now.push(ack(Ack::NotDelivered));
+                self.conn
+                    .unregister(n.channel_id.clone(), Unregister::Quota);
                 continue;
             }
             // A copy of something already received (the server resends what it did not
@@ -1337,7 +1329,7 @@ impl Push {
             // reach the app a second time. (record_batch would also refuse to store it.)
             if matches!(self.store.seen(&n.channel_id, &n.version), Ok(true)) {
                 debug!(subscription = id, version = %n.version, "a copy of a message already received: 102");
-                acks_now.push(ack(ACK_NOT_DELIVERED));
+                acks_now.push(ack(Ack::NotDelivered));
                 continue;
             }
             if !in_batch.insert((n.channel_id.clone(), n.version.clone())) {
@@ -1351,7 +1343,7 @@ impl Push {
                     .remove(&(n.channel_id.clone(), n.version.clone()))
             {
                 debug!(subscription = id, version = %n.version, "a copy of a message the app acknowledged before it could be stored: 100");
-                acks_now.push(ack(ACK_STORED));
+                acks_now.push(ack(Ack::Delivered));
                 continue;
             }
             let Some(decrypted) = pre else {
@@ -1399,7 +1391,7 @@ impl Push {
             }
             let (code, message) = match decrypted {
                 Ok(payload) => (
-                    ACK_STORED,
+                    Ack::Delivered,
                     Some(StoredMessage {
                         id: message_id(&n.channel_id, &n.version),
                         subscription_id: id,
@@ -1419,8 +1411,8 @@ impl Push {
                 Err(e) => {
                     warn!(subscription = id, channel = %n.channel_id, reason = %e, "cannot decrypt a notification: acknowledged 101");
                     let code = match rec.kind {
-                        Kind::WebPush => ACK_DECRYPT_FAILED,
-                        Kind::UnifiedPush(_) => ACK_NOT_DELIVERED,
+                        Kind::WebPush => Ack::Undecryptable,
+                        Kind::UnifiedPush(_) => Ack::NotDelivered,
                     };
                     (code, None)
                 }
@@ -1495,14 +1487,14 @@ impl Push {
                         items.into_iter().zip(outcomes).zip(plan)
                     {
                         let code = if outcome == Recorded::Duplicate {
-                            ACK_NOT_DELIVERED
+                            Ack::NotDelivered
                         } else {
                             code
                         };
-                        acks_now.push(AckUpdate {
-                            channel_id: item.channel_id.to_string(),
+                        acks_now.push(Acknowledgement {
+                            channel_id: item.channel_id.clone(),
                             version: item.version.clone(),
-                            code,
+                            ack: code,
                         });
                         if outcome == Recorded::Stored {
                             stored.push((item, id, expires_now, presentation));
@@ -1531,9 +1523,7 @@ impl Push {
                     // burst) must not push it later.
                     if self.redeliver.is_none() {
                         self.store_failures += 1;
-                        let wait = RETRY_BASE
-                            .saturating_mul(1 << (self.store_failures - 1).min(16))
-                            .min(RETRY_MAX);
+                        let wait = doubling(RETRY_BASE, RETRY_MAX, self.store_failures);
                         self.redeliver = Some(Instant::now() + wait);
                     }
                     error!(error = %e, count = items.len(), "cannot store notifications: not acknowledged; the server will send them again");
@@ -1609,7 +1599,7 @@ impl Push {
                 if expires_now {
                     info!(subscription = id, app = %rec.app_id, "quota used up: subscription expired");
                     self.conn
-                        .unregister(rec.channel_id.clone(), UNREGISTER_QUOTA);
+                        .unregister(rec.channel_id.clone(), Unregister::Quota);
                     self.emit(DomainEvent::Expired {
                         subscription: info,
                         reason: "quota",

@@ -2,6 +2,7 @@
 
 use tokio::sync::oneshot;
 
+pub use crate::identity::Sandbox;
 use crate::ids::{AppId, Scope};
 pub use crate::store::Kind;
 use crate::store::{StoredMessage, SubscriptionRecord};
@@ -25,8 +26,8 @@ pub struct SubscriptionInfo {
     pub bus_name: String,
     pub kind: Kind,
     pub description: String,
-    /// `flatpak`, `snap`, or empty: where the owner's app id came from.
-    pub sandbox: String,
+    /// Where the owner's app id came from, if a sandbox.
+    pub sandbox: Option<Sandbox>,
 }
 
 impl SubscriptionInfo {
@@ -48,7 +49,7 @@ impl SubscriptionInfo {
             bus_name: r.bus_name.clone().unwrap_or_default(),
             kind: r.kind,
             description: r.description.clone(),
-            sandbox: r.sandbox.clone().unwrap_or_default(),
+            sandbox: r.sandbox,
         }
     }
 
@@ -80,8 +81,8 @@ pub type Reply<T> = oneshot::Sender<Result<T, PushError>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub app_id: AppId,
-    /// `flatpak` or `snap`: may not ask for system subscriptions or use Admin.
-    pub sandbox: Option<&'static str>,
+    /// Sandboxed callers may not ask for system subscriptions or use Admin.
+    pub sandbox: Option<Sandbox>,
 }
 
 impl Caller {

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::crypto::SubscriptionKeys;
+use crate::identity::Sandbox;
 use crate::ids::{AppId, ChannelId, Scope, Uaid};
 
 pub const DB_FILE: &str = "webpushd.db";
@@ -116,8 +117,8 @@ pub struct SubscriptionRecord {
     pub kind: Kind,
     /// UnifiedPush's registration description (at most 100 bytes); empty otherwise.
     pub description: String,
-    /// `flatpak` or `snap` when the owner's app id came from a sandbox.
-    pub sandbox: Option<String>,
+    /// The sandbox the owner's app id came from, if any.
+    pub sandbox: Option<Sandbox>,
 }
 
 /// The plainly typed columns of a subscription row.
@@ -315,10 +316,7 @@ impl Store {
                 Err(StoreError::Busy(path))
             }
             Err(e) if e.is_corruption() => {
-                let stamp = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
+                let stamp = crate::clock::now_unix();
                 let aside = dir.join(format!("{DB_FILE}.corrupt-{stamp}"));
                 fs::rename(&path, &aside).map_err(|source| StoreError::Dir {
                     path: path.clone(),
@@ -490,7 +488,7 @@ impl Store {
                     created: p.created,
                     kind: Kind::from_columns(&kind, up_version).map_err(corrupt)?,
                     description: p.description,
-                    sandbox: (!sandbox.is_empty()).then_some(sandbox),
+                    sandbox: Sandbox::parse(&sandbox),
                 })
             })();
             match record {
@@ -542,7 +540,7 @@ impl Store {
                 s.kind.to_columns().0,
                 s.kind.to_columns().1,
                 s.description,
-                s.sandbox.as_deref().unwrap_or(""),
+                s.sandbox.map_or("", Sandbox::as_str),
                 id,
             ],
         )?;
