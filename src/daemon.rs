@@ -12,14 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
-use zbus::fdo::{RequestNameFlags, RequestNameReply};
 
 use crate::config::{Config, ServerUrl};
 use crate::connection::{self, HelloParams, Settings};
-use crate::dbus::{self, identity::Resolver, Presence};
+use crate::dbus::{self, Bus, Objects};
 use crate::push::{Policy, Push};
 use crate::server::{PushServer, ServerOptions};
 use crate::store::{Store, StoreError};
@@ -36,6 +36,16 @@ pub enum DaemonError {
     LocalServer(String),
     #[error("TLS: {0}")]
     Tls(String),
+}
+
+impl DaemonError {
+    /// What `Bus::take_names` failed with: NameTaken when another program owns our name.
+    fn from_names(e: zbus::Error) -> DaemonError {
+        match e {
+            zbus::Error::NameTaken => DaemonError::NameTaken(dbus::BUS_NAME),
+            e => DaemonError::Bus(e),
+        }
+    }
 }
 
 const LOCAL_PORTS_FILE: &str = "local-server.ports";
@@ -114,18 +124,134 @@ fn watchdog_interval() -> Option<Duration> {
 
 /// Run the daemon until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
-    let (store, moved_aside) = Store::open(&config.state_dir)?;
-    if let Some(aside) = moved_aside {
-        error!(file = %aside.display(), "the database was damaged: moved aside and started empty; subscriptions must be made again");
-    }
-    info!(state = %config.state_dir.display(), "store opened");
-
+    let store = open_store(&config)?;
     if config.notifications.fetch_images {
         warn!("notifications.fetch_images = true is not supported by this version: remote icons and images are never fetched");
     }
     let cancel = shutdown.child_token();
     let tracker = TaskTracker::new();
+    let (local, settings, tls) = push_service(&config).await?;
 
+    let (hello_tx, hello_rx) = watch::channel(HelloParams::default());
+    let (conn_events_tx, conn_events_rx) = mpsc::channel(1024);
+    let (domain_tx, domain_rx) = mpsc::unbounded_channel();
+    // The connection actor starts only after the bus name is ours, but `push` needs its
+    // handle now: create it up front, paused on a gate.
+    let gate = CancellationToken::new();
+    let (conn_handle, conn_join) = connection::spawn_gated(
+        settings,
+        tls,
+        hello_rx,
+        conn_events_tx,
+        cancel.clone(),
+        gate.clone(),
+    );
+    let (push, push_handle) = Push::new(
+        store,
+        Policy::from_config(&config),
+        conn_handle.clone(),
+        conn_events_rx,
+        domain_tx,
+        hello_tx,
+        cancel.clone(),
+    )?;
+    let bus = Bus::serve(objects(&config, &push, &push_handle, &conn_handle))
+        .await
+        .map_err(DaemonError::Bus)?;
+
+    tracker.spawn(push.run());
+    bus.spawn(
+        &tracker,
+        domain_rx,
+        conn_handle.status(),
+        &cancel,
+        &shutdown,
+    );
+    // Objects are served: now the names, then readiness.
+    if let Err(e) = bus.take_names().await {
+        cancel.cancel();
+        return Err(DaemonError::from_names(e));
+    }
+    info!(name = dbus::BUS_NAME, server = %config.server_url.as_str(), "webpushd ready");
+    sd_notify("READY=1\nSTATUS=Serving org.webpushd.Push1");
+    // The local push service is on loopback: the network's state does not matter to it.
+    if local.is_none() {
+        wait_for_network(&tracker, &conn_handle, &cancel).await;
+    }
+    gate.cancel();
+    bus.spawn_prune(&tracker);
+    if let Some(every) = watchdog_interval() {
+        spawn_watchdog(&tracker, every, push_handle.clone(), cancel.clone());
+    }
+
+    shutdown.cancelled().await;
+    stop(cancel, tracker, conn_join, bus, local).await;
+    Ok(())
+}
+
+/// What the bus serves, from what `push` holds at startup.
+fn objects(
+    config: &Config,
+    push: &Push,
+    push_handle: &crate::push::Handle,
+    conn_handle: &connection::Handle,
+) -> Objects {
+    let uaid = push
+        .uaid()
+        .map(|u| u.as_str().to_string())
+        .unwrap_or_default();
+    Objects {
+        push: push_handle.clone(),
+        connection: conn_handle.clone(),
+        subscriptions: push.snapshot(),
+        server_url: config.server_url.as_str().to_string(),
+        uaid: Arc::new(Mutex::new(uaid)),
+    }
+}
+
+/// Stop: cancel every task, give the connection and the tasks 5 s each to finish, then
+/// let go of the name and the local push service.
+async fn stop(
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    conn_join: JoinHandle<()>,
+    bus: Bus,
+    local: Option<PushServer>,
+) {
+    info!("shutting down");
+    sd_notify("STOPPING=1");
+    cancel.cancel();
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn_join).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    bus.release_name().await;
+    if let Some(server) = local {
+        server.shutdown().await;
+    }
+}
+
+/// Open the store (which locks the state directory), saying so when it had to start over.
+fn open_store(config: &Config) -> Result<Store, DaemonError> {
+    let (store, moved_aside) = Store::open(&config.state_dir)?;
+    if let Some(aside) = moved_aside {
+        error!(file = %aside.display(), "the database was damaged: moved aside and started empty; subscriptions must be made again");
+    }
+    info!(state = %config.state_dir.display(), "store opened");
+    Ok(store)
+}
+
+/// The push service to connect to: the local one (started here) or the configured URL,
+/// with the connection's settings and, for `wss://`, the system's TLS roots.
+async fn push_service(
+    config: &Config,
+) -> Result<
+    (
+        Option<PushServer>,
+        Settings,
+        Option<Arc<rustls::ClientConfig>>,
+    ),
+    DaemonError,
+> {
     let local = match config.server_url {
         ServerUrl::Local => Some(start_local_server(&config.state_dir).await?),
         ServerUrl::Remote(_) => None,
@@ -140,183 +266,51 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     } else {
         None
     };
-
-    let (hello_tx, hello_rx) = watch::channel(HelloParams::default());
-    let (conn_events_tx, conn_events_rx) = mpsc::channel(1024);
-    let (domain_tx, domain_rx) = mpsc::unbounded_channel();
     let settings = Settings {
-        url: url.clone(),
+        url,
         request_timeout: config.connection.request_timeout,
         ping_interval: config.connection.ping_interval,
         retry_base: config.connection.retry_base,
         retry_max: config.connection.retry_max,
     };
+    Ok((local, settings, tls))
+}
 
-    // The connection actor starts only after the bus name is ours, but `push` needs its
-    // handle now: create it up front, paused on a gate.
-    let gate = CancellationToken::new();
-    let (conn_handle, conn_join) = {
-        let gate = gate.clone();
-        let cancel = cancel.clone();
-        let (h, j) = connection::spawn_gated(settings, tls, hello_rx, conn_events_tx, cancel, gate);
-        (h, j)
-    };
+/// Follow the network (system bus) and wait until we know whether there is one, at most
+/// 2 s (a dropped sender, when there is no system bus, counts as "go ahead").
+async fn wait_for_network(
+    tracker: &TaskTracker,
+    conn: &connection::Handle,
+    cancel: &CancellationToken,
+) {
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    tracker.spawn(dbus::system::watch(conn.clone(), cancel.clone(), ready_tx));
+    let _ = tokio::time::timeout(Duration::from_secs(2), ready).await;
+}
 
-    let (push, push_handle) = Push::new(
-        store,
-        Policy::from_config(&config),
-        conn_handle.clone(),
-        conn_events_rx,
-        domain_tx,
-        hello_tx,
-        cancel.clone(),
-    )?;
-    let uaid = Arc::new(Mutex::new(
-        push.uaid()
-            .map(|u| u.as_str().to_string())
-            .unwrap_or_default(),
-    ));
-    let snapshot = push.snapshot();
-
-    let bus = zbus::connection::Builder::session()
-        .map_err(DaemonError::Bus)?
-        .build()
-        .await
-        .map_err(DaemonError::Bus)?;
-    let resolver = Resolver::new(&bus).await.map_err(DaemonError::Bus)?;
-    let presence = Arc::new(Presence::default());
-    dbus::serve(
-        &bus,
-        push_handle.clone(),
-        conn_handle.clone(),
-        resolver.clone(),
-        snapshot,
-        config.server_url.as_str().to_string(),
-        uaid.clone(),
-    )
-    .await
-    .map_err(DaemonError::Bus)?;
-
-    tracker.spawn(push.run());
-    let notifier = dbus::notify::Notifier::new(bus.clone());
-    tracker.spawn(notifier.clone().follow(cancel.clone()));
-    tracker.spawn(dbus::pump(
-        bus.clone(),
-        domain_rx,
-        push_handle.clone(),
-        resolver.clone(),
-        presence.clone(),
-        uaid,
-        notifier,
-    ));
-    tracker.spawn(dbus::follow_state(bus.clone(), conn_handle.status()));
-    {
-        let (bus, resolver, presence, push, cancel, shutdown) = (
-            bus.clone(),
-            resolver.clone(),
-            presence.clone(),
-            push_handle.clone(),
-            cancel.clone(),
-            shutdown.clone(),
-        );
-        tracker.spawn(async move {
-            if let Err(e) =
-                dbus::track_presence(bus, resolver, presence, push, cancel.clone()).await
-            {
-                warn!(error = %e, "cannot follow the bus: apps' presence unknown");
-                return;
+/// Feed systemd's watchdog every `every`, only when the owner loop answers: a stuck loop
+/// gets us restarted.
+fn spawn_watchdog(
+    tracker: &TaskTracker,
+    every: Duration,
+    push: crate::push::Handle,
+    cancel: CancellationToken,
+) {
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
             }
-            // The signal stream only ends with the connection: the session is over.
-            if !cancel.is_cancelled() {
-                warn!("the session bus went away: stopping");
-                shutdown.cancel();
+            let alive = tokio::time::timeout(
+                every,
+                push.request(|reply| crate::push::Request::Counts { reply }),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            if alive {
+                sd_notify("WATCHDOG=1");
             }
-        });
-    }
-
-    // Objects are served: now the names, then readiness.
-    let flags = RequestNameFlags::DoNotQueue.into();
-    // The distributor name first: whoever waits for org.webpushd.Push1 (systemd's
-    // BusName=, activation) then finds both.
-    match bus
-        .request_name_with_flags(dbus::unifiedpush::BUS_NAME, flags)
-        .await
-    {
-        Ok(RequestNameReply::PrimaryOwner) | Ok(RequestNameReply::AlreadyOwner) => {}
-        other => warn!(
-            ?other,
-            name = dbus::unifiedpush::BUS_NAME,
-            "cannot own the UnifiedPush distributor name"
-        ),
-    }
-    match bus.request_name_with_flags(dbus::BUS_NAME, flags).await {
-        Ok(RequestNameReply::PrimaryOwner) | Ok(RequestNameReply::AlreadyOwner) => {}
-        Ok(_) | Err(zbus::Error::NameTaken) => {
-            cancel.cancel();
-            return Err(DaemonError::NameTaken(dbus::BUS_NAME));
         }
-        Err(e) => {
-            cancel.cancel();
-            return Err(DaemonError::Bus(e));
-        }
-    }
-    info!(name = dbus::BUS_NAME, server = %config.server_url.as_str(), "webpushd ready");
-    sd_notify("READY=1\nSTATUS=Serving org.webpushd.Push1");
-    // The local push service is on loopback: the network's state does not matter to it.
-    if local.is_none() {
-        let (ready_tx, ready) = tokio::sync::oneshot::channel();
-        tracker.spawn(dbus::system::watch(
-            conn_handle.clone(),
-            cancel.clone(),
-            ready_tx,
-        ));
-        // Connect only once we know whether there is a network (a dropped sender, when
-        // there is no system bus, counts as "go ahead").
-        let _ = tokio::time::timeout(Duration::from_secs(2), ready).await;
-    }
-    gate.cancel();
-    {
-        let (bus, push) = (bus.clone(), push_handle.clone());
-        tracker.spawn(async move {
-            if let Err(e) = dbus::unifiedpush::prune_removed_apps(&bus, &push).await {
-                warn!(error = %e, "cannot check UnifiedPush apps");
-            }
-        });
-    }
-
-    if let Some(every) = watchdog_interval() {
-        let push = push_handle.clone();
-        let cancel = cancel.clone();
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                // Fed only when the owner loop answers: a stuck loop gets us restarted.
-                let alive = tokio::time::timeout(
-                    every,
-                    push.request(|reply| crate::push::Request::Counts { reply }),
-                )
-                .await
-                .is_ok_and(|r| r.is_ok());
-                if alive {
-                    sd_notify("WATCHDOG=1");
-                }
-            }
-        });
-    }
-
-    shutdown.cancelled().await;
-    info!("shutting down");
-    sd_notify("STOPPING=1");
-    cancel.cancel();
-    tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn_join).await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
-    let _ = bus.release_name(dbus::BUS_NAME).await;
-    if let Some(server) = local {
-        server.shutdown().await;
-    }
-    Ok(())
+    });
 }

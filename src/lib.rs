@@ -1,6 +1,6 @@
 //! webpushd: a per-user Web Push daemon for Linux desktops.
 //!
-//! The library holds everything; `src/bin/webpushd.rs` and `src/bin/pushctl.rs` only parse
+//! The library holds everything; `src/bin/webpushd.rs` and `src/bin/pushctl/` only parse
 //! flags and call into it. See ARCHITECTURE.md for the code map and invariants.
 
 pub mod appserver;

@@ -7,6 +7,7 @@
 //! **API boundary:** the interfaces here must match `dist/org.webpushd.Push1.xml`; a test
 //! compares them with what the daemon introspects.
 
+pub mod bus;
 pub mod error;
 pub mod identity;
 pub mod manager;
@@ -28,13 +29,16 @@ use zbus::names::BusName;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
 
+pub use self::bus::{Bus, Objects};
 use self::error::Error;
 use self::identity::Resolver;
 use self::manager::{Admin, Manager, PATH};
 use self::subscription::SubscriptionObject;
-use crate::connection::{self, ConnStatus};
+use crate::connection::ConnStatus;
 use crate::ids::AppId;
-use crate::push::{self, Delivery, DomainEvent, Kind, StoredMessage, SubscriptionInfo};
+use crate::push::{
+    self, Delivery, DomainEvent, Kind, MessageFlags, StoredMessage, SubscriptionInfo,
+};
 
 pub const BUS_NAME: &str = "org.webpushd.Push1";
 pub const CLIENT_PATH: &str = "/org/webpushd/Push1/Client";
@@ -124,58 +128,6 @@ impl Presence {
     }
 }
 
-/// Serve every object on `conn` (before the bus name is taken: activation relies on the
-/// objects being there when the name appears).
-pub async fn serve(
-    conn: &zbus::Connection,
-    push: push::Handle,
-    connection: connection::Handle,
-    resolver: Arc<Resolver>,
-    subscriptions: Vec<SubscriptionInfo>,
-    server_url: String,
-    uaid: Arc<Mutex<String>>,
-) -> zbus::Result<()> {
-    let server = conn.object_server();
-    server
-        .at(
-            PATH,
-            Manager {
-                push: push.clone(),
-                resolver: resolver.clone(),
-            },
-        )
-        .await?;
-    server
-        .at(
-            PATH,
-            Admin {
-                push: push.clone(),
-                conn: connection.clone(),
-                resolver: resolver.clone(),
-                status: connection.status(),
-                server_url,
-                uaid,
-            },
-        )
-        .await?;
-    for info in subscriptions {
-        add_subscription(conn, &push, &resolver, info).await?;
-    }
-    server
-        .at(
-            unifiedpush::PATH,
-            unifiedpush::Distributor2::new(push.clone(), resolver.clone()),
-        )
-        .await?;
-    server
-        .at(
-            unifiedpush::PATH,
-            unifiedpush::Distributor1::new(push.clone(), resolver.clone()),
-        )
-        .await?;
-    Ok(())
-}
-
 async fn add_subscription(
     conn: &zbus::Connection,
     push: &push::Handle,
@@ -206,172 +158,245 @@ pub async fn pump(
     uaid: Arc<Mutex<String>>,
     notifier: notify::Notifier,
 ) {
+    let pump = Pump {
+        conn,
+        push,
+        resolver,
+        presence,
+        uaid,
+        notifier,
+    };
     while let Some(ev) = events.recv().await {
-        if let Err(e) = pump_one(&conn, &push, &resolver, &presence, &uaid, &notifier, ev).await {
+        if let Err(e) = pump.one(ev).await {
             warn!(error = %e, "D-Bus update failed");
         }
     }
 }
 
-async fn pump_one(
-    conn: &zbus::Connection,
-    push: &push::Handle,
-    resolver: &Arc<Resolver>,
-    presence: &Presence,
-    uaid: &Mutex<String>,
-    notifier: &notify::Notifier,
-    ev: DomainEvent,
-) -> zbus::Result<()> {
-    match ev {
-        DomainEvent::Added(info) | DomainEvent::Updated(info) => {
-            ensure_object(conn, push, resolver, info).await?
-        }
-        DomainEvent::Removed(info) => {
-            conn.object_server()
-                .remove::<SubscriptionObject, _>(subscription_path(info.id))
-                .await?;
-            if matches!(info.kind, Kind::UnifiedPush(_)) {
-                // Confirms an unregistration, or tells the app it ended.
-                let conn = conn.clone();
-                tokio::spawn(async move {
-                    let _ = unifiedpush::unregistered(&conn, &info).await;
-                });
+/// What the event pump works with: one method per kind of `DomainEvent`.
+///
+/// Two rules of order:
+/// - A UnifiedPush registration's app hears of a new endpoint and of its end through the
+///   connector (`NewEndpoint`, `Unregistered`) *instead of* the Manager signals: the
+///   handlers for those two events check the kind before anything else.
+/// - Events are handled one at a time, and signals are sent before the next event is
+///   taken, so an app sees them in the order `push` emitted them. What waits for an app
+///   (an activating call, the connector) runs in a task of its own, so that one slow app
+///   does not hold up the others.
+struct Pump {
+    conn: zbus::Connection,
+    push: push::Handle,
+    resolver: Arc<Resolver>,
+    presence: Arc<Presence>,
+    uaid: Arc<Mutex<String>>,
+    notifier: notify::Notifier,
+}
+
+impl Pump {
+    async fn one(&self, ev: DomainEvent) -> zbus::Result<()> {
+        match ev {
+            DomainEvent::Added(info) | DomainEvent::Updated(info) => {
+                ensure_object(&self.conn, &self.push, &self.resolver, info).await
             }
-        }
-        DomainEvent::ShowNotification {
-            subscription,
-            declarative,
-            urgency,
-        } => {
-            notifier.show(subscription, declarative, urgency);
-        }
-        DomainEvent::Message {
-            subscription,
-            message,
-            delivery,
-            flags,
-        } => match delivery {
-            Delivery::Signal => {
-                let path = subscription_path(subscription.id);
-                let mut meta = message_meta(&message);
-                let mut flag = |k: &str, on: bool| {
-                    if on {
-                        meta.insert(k.into(), Value::from(true).try_to_owned().expect("no fds"));
-                    }
-                };
-                flag("declarative", flags.declarative);
-                flag("notification_shown", flags.notification_shown);
-                for unique in presence.connections(&subscription.app_id) {
-                    let emitter = unicast(conn, &unique)?;
-                    Manager::message(
-                        &emitter,
-                        path.as_ref(),
-                        subscription.scope.as_str(),
-                        &message.id,
-                        serde_bytes::Bytes::new(&message.payload),
-                        meta.clone(),
-                    )
-                    .await?;
-                }
+            DomainEvent::Removed(info) => self.removed(info).await,
+            DomainEvent::ShowNotification {
+                subscription,
+                declarative,
+                urgency,
+            } => {
+                self.notifier.show(subscription, declarative, urgency);
+                Ok(())
             }
+            DomainEvent::Message {
+                subscription,
+                message,
+                delivery,
+                flags,
+            } => self.message(subscription, message, delivery, flags).await,
+            DomainEvent::SubscriptionChanged {
+                subscription,
+                reason,
+            } => self.subscription_changed(subscription, reason).await,
+            DomainEvent::QuotaChanged { subscription } => self.quota_changed(subscription).await,
+            DomainEvent::Expired {
+                subscription,
+                reason,
+            } => self.expired(subscription, reason).await,
+            DomainEvent::Uaid(new) => self.uaid_changed(new).await,
+        }
+    }
+
+    async fn removed(&self, info: SubscriptionInfo) -> zbus::Result<()> {
+        self.conn
+            .object_server()
+            .remove::<SubscriptionObject, _>(subscription_path(info.id))
+            .await?;
+        if matches!(info.kind, Kind::UnifiedPush(_)) {
+            // Confirms an unregistration, or tells the app it ended.
+            self.spawn_unregistered(info);
+        }
+        Ok(())
+    }
+
+    /// Deliver a message the way `push` chose: a signal to the app's connections, a call
+    /// that may start the app, or the UnifiedPush connector. The latter two report back to
+    /// `push` whether the app took it.
+    async fn message(
+        &self,
+        subscription: SubscriptionInfo,
+        message: StoredMessage,
+        delivery: Delivery,
+        flags: MessageFlags,
+    ) -> zbus::Result<()> {
+        match delivery {
+            Delivery::Signal => self.signal_message(&subscription, &message, flags).await?,
             Delivery::Activate(bus_name) => {
-                let conn = conn.clone();
-                let push = push.clone();
+                let conn = self.conn.clone();
+                let push = self.push.clone();
                 tokio::spawn(async move {
                     let ok = call_client(&conn, &bus_name, &subscription, &message).await;
                     push.delivered(subscription.id, message.id, ok).await;
                 });
             }
             Delivery::UnifiedPush => {
-                let conn = conn.clone();
-                let push = push.clone();
+                let conn = self.conn.clone();
+                let push = self.push.clone();
                 tokio::spawn(async move {
                     let ok = unifiedpush::message(&conn, &subscription, &message).await;
                     push.delivered(subscription.id, message.id, ok).await;
                 });
             }
-        },
-        DomainEvent::SubscriptionChanged {
-            subscription,
-            reason,
-        } if matches!(subscription.kind, Kind::UnifiedPush(_)) => {
-            tracing::debug!(
+        }
+        Ok(())
+    }
+
+    /// Manager.Message, with the declarative flags in its metadata.
+    async fn signal_message(
+        &self,
+        subscription: &SubscriptionInfo,
+        message: &StoredMessage,
+        flags: MessageFlags,
+    ) -> zbus::Result<()> {
+        let path = subscription_path(subscription.id);
+        let mut meta = message_meta(message);
+        let mut flag = |k: &str, on: bool| {
+            if on {
+                meta.insert(k.into(), Value::from(true).try_to_owned().expect("no fds"));
+            }
+        };
+        flag("declarative", flags.declarative);
+        flag("notification_shown", flags.notification_shown);
+        let (scope, payload) = (
+            subscription.scope.as_str(),
+            serde_bytes::Bytes::new(&message.payload),
+        );
+        for emitter in self.listeners(&subscription.app_id) {
+            Manager::message(
+                &emitter?,
+                path.as_ref(),
+                scope,
+                &message.id,
+                payload,
+                meta.clone(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Manager.SubscriptionChanged; for a UnifiedPush registration, NewEndpoint instead.
+    async fn subscription_changed(
+        &self,
+        subscription: SubscriptionInfo,
+        reason: &'static str,
+    ) -> zbus::Result<()> {
+        if matches!(subscription.kind, Kind::UnifiedPush(_)) {
+            debug!(
                 subscription = subscription.id,
-                reason,
-                "UnifiedPush endpoint changed"
+                reason, "UnifiedPush endpoint changed"
             );
-            let conn = conn.clone();
+            let conn = self.conn.clone();
             tokio::spawn(async move {
                 let _ = unifiedpush::new_endpoint(&conn, &subscription).await;
             });
+            return Ok(());
         }
-        DomainEvent::Expired {
-            subscription,
-            reason,
-        } if matches!(subscription.kind, Kind::UnifiedPush(_)) => {
-            tracing::debug!(
-                subscription = subscription.id,
-                reason,
-                "UnifiedPush registration ended"
-            );
-            let conn = conn.clone();
-            tokio::spawn(async move {
-                let _ = unifiedpush::unregistered(&conn, &subscription).await;
-            });
+        let path = subscription_path(subscription.id);
+        for emitter in self.listeners(&subscription.app_id) {
+            let scope = subscription.scope.as_str();
+            Manager::subscription_changed(&emitter?, path.as_ref(), scope, reason).await?;
         }
-        DomainEvent::SubscriptionChanged {
-            subscription,
-            reason,
-        } => {
-            for unique in presence.connections(&subscription.app_id) {
-                Manager::subscription_changed(
-                    &unicast(conn, &unique)?,
-                    subscription_path(subscription.id).as_ref(),
-                    subscription.scope.as_str(),
-                    reason,
-                )
-                .await?;
-            }
-        }
-        DomainEvent::QuotaChanged { subscription } => {
-            for unique in presence.connections(&subscription.app_id) {
-                Manager::quota_changed(
-                    &unicast(conn, &unique)?,
-                    subscription_path(subscription.id).as_ref(),
-                    subscription.scope.as_str(),
-                    subscription.quota,
-                )
-                .await?;
-            }
-        }
-        DomainEvent::Expired {
-            subscription,
-            reason,
-        } => {
-            for unique in presence.connections(&subscription.app_id) {
-                Manager::expired(
-                    &unicast(conn, &unique)?,
-                    subscription_path(subscription.id).as_ref(),
-                    subscription.scope.as_str(),
-                    reason,
-                )
-                .await?;
-            }
-        }
-        DomainEvent::Uaid(new) => {
-            *uaid.lock().expect("uaid lock") = new;
-            let iface = conn.object_server().interface::<_, Admin>(PATH).await?;
-            iface
-                .get()
-                .await
-                .uaid_changed(iface.signal_emitter())
-                .await?;
-        }
+        Ok(())
     }
-    Ok(())
+
+    /// Manager.QuotaChanged, UnifiedPush registrations included (the connector has no
+    /// such message).
+    async fn quota_changed(&self, subscription: SubscriptionInfo) -> zbus::Result<()> {
+        let path = subscription_path(subscription.id);
+        for emitter in self.listeners(&subscription.app_id) {
+            let (scope, quota) = (subscription.scope.as_str(), subscription.quota);
+            Manager::quota_changed(&emitter?, path.as_ref(), scope, quota).await?;
+        }
+        Ok(())
+    }
+
+    /// Manager.Expired; for a UnifiedPush registration, Unregistered instead.
+    async fn expired(
+        &self,
+        subscription: SubscriptionInfo,
+        reason: &'static str,
+    ) -> zbus::Result<()> {
+        if matches!(subscription.kind, Kind::UnifiedPush(_)) {
+            debug!(
+                subscription = subscription.id,
+                reason, "UnifiedPush registration ended"
+            );
+            self.spawn_unregistered(subscription);
+            return Ok(());
+        }
+        let path = subscription_path(subscription.id);
+        for emitter in self.listeners(&subscription.app_id) {
+            let scope = subscription.scope.as_str();
+            Manager::expired(&emitter?, path.as_ref(), scope, reason).await?;
+        }
+        Ok(())
+    }
+
+    /// Admin's `Uaid` property: the new value, then PropertiesChanged.
+    async fn uaid_changed(&self, new: String) -> zbus::Result<()> {
+        *self.uaid.lock().expect("uaid lock") = new;
+        let iface = self
+            .conn
+            .object_server()
+            .interface::<_, Admin>(PATH)
+            .await?;
+        iface
+            .get()
+            .await
+            .uaid_changed(iface.signal_emitter())
+            .await?;
+        Ok(())
+    }
+
+    /// A unicast emitter for each connection of `app`, made as the caller gets to it.
+    fn listeners(&self, app: &AppId) -> impl Iterator<Item = zbus::Result<SignalEmitter<'static>>> {
+        let conn = self.conn.clone();
+        self.presence
+            .connections(app)
+            .into_iter()
+            .map(move |unique| unicast(&conn, unique))
+    }
+
+    /// The connector's Unregistered, in a task of its own.
+    fn spawn_unregistered(&self, info: SubscriptionInfo) {
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            let _ = unifiedpush::unregistered(&conn, &info).await;
+        });
+    }
 }
 
-fn unicast<'a>(conn: &zbus::Connection, unique: &'a str) -> zbus::Result<SignalEmitter<'a>> {
+fn unicast(conn: &zbus::Connection, unique: String) -> zbus::Result<SignalEmitter<'static>> {
     Ok(SignalEmitter::new(conn, PATH)?.set_destination(BusName::try_from(unique)?))
 }
 
