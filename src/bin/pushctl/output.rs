@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value as Json};
 use webpushd::crypto;
@@ -55,12 +54,7 @@ impl Out {
     }
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use webpushd::clock::now_ms;
 
 /// "3 min ago", "in 5 s", "never".
 fn relative(ms: i64) -> String {
