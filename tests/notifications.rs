@@ -836,7 +836,8 @@ async fn a_malformed_declarative_message_is_an_ordinary_message() {
         r#"{"web_push":8030,"notification":{"title":7,"navigate":"https://notes.example/"}}"#,
         r#"{"web_push":8030,"notification":{"title":"t","navigate":"https://notes.example/","actions":[{"action":"a","title":"A"}]}}"#,
         r#"{"web_push":8030,"notification":{"title":"t","navigate":"https://notes.example/","actions":[{"action":"a","title":"A","navigate":"not a url"}]}}"#,
-        r#"{"web_push":8030,"notification":{"title":"t","navigate":"https://notes.example/"},"app_badge":"3"}"#,
+        // A badge must be a count: a number or, as Safari takes it, a string of digits.
+        r#"{"web_push":8030,"notification":{"title":"t","navigate":"https://notes.example/"},"app_badge":"three"}"#,
         r#"{"web_push":8030,"notification":{"title":"t","navigate":"https://notes.example/"},"mutable":"yes"}"#,
         // Not an object, not JSON.
         r#"[8030]"#,
@@ -1220,9 +1221,14 @@ async fn app_badge_updates_the_launcher_entry() {
             }),
     );
 
-    for (badge, visible) in [(3, true), (0, false)] {
+    // The draft's top-level number, then Safari's string of digits inside `notification`.
+    for (badge, visible, safari) in [(3, true, false), (0, false, false), (5, true, true)] {
         let mut m = declarative(&format!("badge {badge}"), "https://notes.example/");
-        m["app_badge"] = json!(badge);
+        if safari {
+            m["notification"]["app_badge"] = json!(badge.to_string());
+        } else {
+            m["app_badge"] = json!(badge);
+        }
         send(&sub, &m).await;
         let (uri, props) = next(&mut updates, "LauncherEntry.Update").await;
         assert_eq!(uri, format!("application://{NOTES}.desktop"));
