@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod identity;
 pub mod ids;
+pub mod model;
 pub mod push;
 pub mod server;
 pub mod store;

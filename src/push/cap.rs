@@ -63,6 +63,9 @@ impl CapPolicy for PendingCap<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::ChannelId;
+    use crate::model::examples::{message, record, CH};
+    use crate::store::{BatchItem, Recorded, Store};
 
     fn over(received: &[i64]) -> Vec<OverCap> {
         received
@@ -90,5 +93,80 @@ mod tests {
         // Once the grace has passed they go at once.
         let old = over(&[now - EVICTION_GRACE_MS, now - EVICTION_GRACE_MS + 1]);
         assert_eq!(cap.evict(1, &old), [0]);
+    }
+
+    /// The policy as the store carries it out, inside the burst's transaction.
+    #[test]
+    fn duplicates_and_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        let id = store.insert_subscription(&record(CH, "s")).unwrap();
+        let item = |v: &str, t| BatchItem {
+            channel_id: ChannelId::parse(CH).unwrap(),
+            version: v.into(),
+            counters: None,
+            message: Some(message(id, CH, v, t)),
+        };
+        let none = HashSet::new();
+        let (out, _) = store
+            .record_batch(
+                &[item("a", 1), item("a", 2), item("b", 3)],
+                3,
+                &PendingCap::new(100, 3, &none),
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![Recorded::Stored, Recorded::Duplicate, Recorded::Stored]
+        );
+        // Within the grace nothing is dropped; once it has passed, the oldest go.
+        let (_, evicted) = store
+            .record_batch(
+                &[item("c", 4), item("d", 5)],
+                5,
+                &PendingCap::new(3, 5, &none),
+            )
+            .unwrap();
+        assert!(evicted.is_empty());
+        let later = 5 + EVICTION_GRACE_MS;
+        let (_, evicted) = store
+            .record_batch(
+                &[item("e", later)],
+                later,
+                &PendingCap::new(3, later, &none),
+            )
+            .unwrap();
+        assert_eq!(evicted.len(), 2);
+        let left: Vec<String> = store
+            .pending(id)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(left, vec!["c", "d", "e"]);
+        // Acknowledged messages stay de-duplicated.
+        let first = store.pending(id).unwrap()[0].id.clone();
+        assert!(store.ack(id, &first).unwrap());
+        let (out, _) = store
+            .record_batch(&[item("c", 6)], 6, &PendingCap::new(100, 6, &none))
+            .unwrap();
+        assert_eq!(out, vec![Recorded::Duplicate]);
+        // A flood within the grace is still bounded: ten times the cap while the app is
+        // not running, a hundred times while it is.
+        let flood: Vec<_> = (0..25).map(|i| item(&format!("f{i}"), later + 1)).collect();
+        let (_, evicted) = store
+            .record_batch(&flood, later + 1, &PendingCap::new(2, later + 1, &none))
+            .unwrap();
+        assert_eq!(store.pending(id).unwrap().len(), 20);
+        assert_eq!(evicted.len(), 25 + 2 - 20);
+        let running = HashSet::from([id]);
+        let flood: Vec<_> = (0..250)
+            .map(|i| item(&format!("g{i}"), later + 2))
+            .collect();
+        let (_, evicted) = store
+            .record_batch(&flood, later + 2, &PendingCap::new(2, later + 2, &running))
+            .unwrap();
+        assert_eq!(store.pending(id).unwrap().len(), 200);
+        assert_eq!(evicted.len(), 250 + 20 - 200);
     }
 }

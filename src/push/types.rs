@@ -1,61 +1,12 @@
-//! The domain's values: a subscription and a message as the daemon keeps them (the store
-//! maps its rows to these), and what `push` exchanges with `dbus/`: requests in, outcomes
-//! and events out.
+//! What `push` exchanges with `dbus/`: requests in, outcomes and events out. The records
+//! themselves (a subscription, a stored message) are in `crate::model`, re-exported here.
 
 use tokio::sync::oneshot;
 
-use crate::crypto::SubscriptionKeys;
 pub use crate::identity::Sandbox;
 pub use crate::ids::MessageId;
-use crate::ids::{AppId, ChannelId, Scope};
-
-/// What a subscription serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// The native API: payloads decrypted with the subscription's keys.
-    WebPush,
-    /// A UnifiedPush registration (D-Bus API version 1 or 2): the app holds its own keys
-    /// and gets the raw RFC 8291 body.
-    UnifiedPush(u8),
-}
-
-/// A subscription as stored.
-#[derive(Debug, Clone)]
-pub struct SubscriptionRecord {
-    pub id: i64,
-    pub channel_id: ChannelId,
-    pub app_id: AppId,
-    pub scope: Scope,
-    pub endpoint: String,
-    pub keys: SubscriptionKeys,
-    pub app_server_key: Option<Vec<u8>>,
-    pub push_count: u64,
-    pub last_push: i64,
-    pub quota: i32,
-    pub expired: bool,
-    pub system: bool,
-    pub bus_name: Option<String>,
-    pub created: i64,
-    pub kind: Kind,
-    /// UnifiedPush's registration description (at most 100 bytes); empty otherwise.
-    pub description: String,
-    /// The sandbox the owner's app id came from, if any.
-    pub sandbox: Option<Sandbox>,
-}
-
-/// A decrypted message waiting for its app.
-#[derive(Debug, Clone)]
-pub struct StoredMessage {
-    pub id: MessageId,
-    pub subscription_id: i64,
-    pub channel_id: ChannelId,
-    pub version: String,
-    pub payload: Vec<u8>,
-    pub received: i64,
-    pub ttl: u32,
-    pub topic: String,
-    pub urgency: String,
-}
+use crate::ids::{AppId, Scope};
+pub use crate::model::{Kind, StoredMessage, SubscriptionRecord};
 
 /// A subscription as apps and `pushctl` see it: no private key.
 #[derive(Debug, Clone, PartialEq)]

@@ -22,7 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::crypto::SubscriptionKeys;
 use crate::identity::Sandbox;
 use crate::ids::{AppId, ChannelId, Scope, Uaid};
-use crate::push::{Kind, StoredMessage, SubscriptionRecord};
+use crate::model::{Kind, StoredMessage, SubscriptionRecord};
 
 pub const DB_FILE: &str = "webpushd.db";
 pub const LOCK_FILE: &str = "webpushd.lock";
@@ -807,48 +807,21 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     use super::*;
-    use crate::push::{PendingCap, EVICTION_GRACE_MS};
+    use crate::model::examples::{message, record, CH};
 
-    pub(crate) fn record(channel: &str, scope: &str) -> SubscriptionRecord {
-        SubscriptionRecord {
-            id: 0,
-            channel_id: ChannelId::parse(channel).unwrap(),
-            app_id: AppId::parse("org.example.App").unwrap(),
-            scope: Scope::parse(scope).unwrap(),
-            endpoint: "https://push.example/wpush/v1/x".into(),
-            keys: SubscriptionKeys::generate().unwrap(),
-            app_server_key: None,
-            push_count: 0,
-            last_push: 0,
-            quota: 16,
-            expired: false,
-            system: false,
-            bus_name: None,
-            created: 1,
-            kind: Kind::WebPush,
-            description: String::new(),
-            sandbox: None,
+    /// Keeps every message: the pending cap's policy is `push`'s, tested there.
+    struct KeepAll;
+
+    impl CapPolicy for KeepAll {
+        fn keep_newest(&self) -> u32 {
+            u32::MAX
+        }
+
+        fn evict(&self, _: i64, _: &[OverCap]) -> Vec<i64> {
+            Vec::new()
         }
     }
-
-    fn message(sub: i64, ch: &str, version: &str, received: i64) -> StoredMessage {
-        StoredMessage {
-            id: crate::ids::message_id(&ChannelId::parse(ch).unwrap(), version),
-            subscription_id: sub,
-            channel_id: ChannelId::parse(ch).unwrap(),
-            version: version.into(),
-            payload: b"hi".to_vec(),
-            received,
-            ttl: 60,
-            topic: String::new(),
-            urgency: "normal".into(),
-        }
-    }
-
-    const CH: &str = "9d4a2c3e-1b6f-4f0a-8c2d-5e6f7a8b9c0d";
 
     #[test]
     fn files_are_private_and_second_open_is_refused() {
@@ -881,7 +854,7 @@ mod tests {
                         message: Some(message(id, CH, "v1", 5)),
                     }],
                     5,
-                    &PendingCap::new(100, 5, &HashSet::new()),
+                    &KeepAll,
                 )
                 .unwrap();
             assert_eq!(out, vec![Recorded::Stored]);
@@ -907,80 +880,6 @@ mod tests {
         assert!(b > a, "{b} reuses {a}");
     }
 
-    #[test]
-    fn duplicates_and_cap() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut store, _) = Store::open(dir.path()).unwrap();
-        let id = store.insert_subscription(&record(CH, "s")).unwrap();
-        let item = |v: &str, t| BatchItem {
-            channel_id: ChannelId::parse(CH).unwrap(),
-            version: v.into(),
-            counters: None,
-            message: Some(message(id, CH, v, t)),
-        };
-        let none = HashSet::new();
-        let (out, _) = store
-            .record_batch(
-                &[item("a", 1), item("a", 2), item("b", 3)],
-                3,
-                &PendingCap::new(100, 3, &none),
-            )
-            .unwrap();
-        assert_eq!(
-            out,
-            vec![Recorded::Stored, Recorded::Duplicate, Recorded::Stored]
-        );
-        // Within the grace nothing is dropped; once it has passed, the oldest go.
-        let (_, evicted) = store
-            .record_batch(
-                &[item("c", 4), item("d", 5)],
-                5,
-                &PendingCap::new(3, 5, &none),
-            )
-            .unwrap();
-        assert!(evicted.is_empty());
-        let later = 5 + EVICTION_GRACE_MS;
-        let (_, evicted) = store
-            .record_batch(
-                &[item("e", later)],
-                later,
-                &PendingCap::new(3, later, &none),
-            )
-            .unwrap();
-        assert_eq!(evicted.len(), 2);
-        let left: Vec<String> = store
-            .pending(id)
-            .unwrap()
-            .into_iter()
-            .map(|m| m.version)
-            .collect();
-        assert_eq!(left, vec!["c", "d", "e"]);
-        // Acknowledged messages stay de-duplicated.
-        let first = store.pending(id).unwrap()[0].id.clone();
-        assert!(store.ack(id, &first).unwrap());
-        let (out, _) = store
-            .record_batch(&[item("c", 6)], 6, &PendingCap::new(100, 6, &none))
-            .unwrap();
-        assert_eq!(out, vec![Recorded::Duplicate]);
-        // A flood within the grace is still bounded: ten times the cap while the app is
-        // not running, a hundred times while it is.
-        let flood: Vec<_> = (0..25).map(|i| item(&format!("f{i}"), later + 1)).collect();
-        let (_, evicted) = store
-            .record_batch(&flood, later + 1, &PendingCap::new(2, later + 1, &none))
-            .unwrap();
-        assert_eq!(store.pending(id).unwrap().len(), 20);
-        assert_eq!(evicted.len(), 25 + 2 - 20);
-        let running = HashSet::from([id]);
-        let flood: Vec<_> = (0..250)
-            .map(|i| item(&format!("g{i}"), later + 2))
-            .collect();
-        let (_, evicted) = store
-            .record_batch(&flood, later + 2, &PendingCap::new(2, later + 2, &running))
-            .unwrap();
-        assert_eq!(store.pending(id).unwrap().len(), 200);
-        assert_eq!(evicted.len(), 250 + 20 - 200);
-    }
-
     /// The WAL is copied back into the database by the checkpoint thread (SQLite's own
     /// automatic checkpoint is off): without it the database file would never grow and
     /// the log would grow for ever.
@@ -991,7 +890,6 @@ mod tests {
         let id = store.insert_subscription(&record(CH, "s")).unwrap();
         let db = dir.path().join(DB_FILE);
         let before = fs::metadata(&db).unwrap().len();
-        let none = HashSet::new();
         for burst in 0..80 {
             let items: Vec<BatchItem> = (0..10)
                 .map(|i| {
@@ -1005,9 +903,7 @@ mod tests {
                     }
                 })
                 .collect();
-            store
-                .record_batch(&items, 1, &PendingCap::new(1_000_000, 1, &none))
-                .unwrap();
+            store.record_batch(&items, 1, &KeepAll).unwrap();
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {

@@ -63,7 +63,7 @@ mod tests {
             (7, "org.example.Old", "https://old.example/")
         );
         assert_eq!((s.push_count, s.quota, s.expired), (3, 13, false));
-        assert_eq!(s.kind, crate::store::Kind::WebPush);
+        assert_eq!(s.kind, crate::model::Kind::WebPush);
         assert_eq!(s.description, "");
         assert_eq!(s.sandbox, None);
         // The keys still decrypt RFC 8291's example message.
