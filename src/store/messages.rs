@@ -1,0 +1,284 @@
+//! Messages: a burst recorded in one transaction (de-duplication against `seen`, the
+//! counters, the pending cap as `push`'s `CapPolicy` decides it), then what is pending,
+//! acknowledgements, expiry and pruning of the de-duplication table.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{Store, StoreError};
+use crate::ids::ChannelId;
+use crate::model::StoredMessage;
+
+/// A pending message beyond a subscription's cap, as the store reports it to the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverCap {
+    /// The store's key for it.
+    pub key: i64,
+    pub received: i64,
+}
+
+/// Which pending messages the pending cap drops: decided by `push`, carried out by
+/// `record_batch` inside its transaction.
+pub trait CapPolicy {
+    /// How many of a subscription's newest messages are always kept.
+    fn keep_newest(&self) -> u32;
+    /// Of the messages beyond that (newest first), the keys of those to drop, in order.
+    fn evict(&self, subscription: i64, over: &[OverCap]) -> Vec<i64>;
+}
+
+/// One notification of a burst, as `push` decided to record it.
+#[derive(Debug)]
+pub struct BatchItem {
+    pub channel_id: ChannelId,
+    pub version: String,
+    /// Counters to write for the subscription (already computed by `push`).
+    pub counters: Option<Counters>,
+    /// The message to keep for the app; `None` when it is not delivered (ack 101/102).
+    pub message: Option<StoredMessage>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub subscription_id: i64,
+    pub push_count: u64,
+    pub last_push: i64,
+    pub quota: i32,
+    pub expired: bool,
+}
+
+/// (subscription, message id) of messages dropped by the pending cap.
+pub type Evicted = Vec<(i64, String)>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    Stored,
+    /// Seen before: the server redelivered it. Nothing was written.
+    Duplicate,
+}
+
+impl Store {
+    /// Record a burst of notifications in one transaction. Each item is checked against
+    /// what was seen before; duplicates change nothing. Then, for each subscription that
+    /// got a message, the messages beyond `cap.keep_newest()` are shown to `cap` and those
+    /// it names are dropped. Returns one outcome per item, in order, and the ids of the
+    /// messages dropped.
+    pub fn record_batch(
+        &mut self,
+        items: &[BatchItem],
+        now_ms: i64,
+        cap: &impl CapPolicy,
+    ) -> Result<(Vec<Recorded>, Evicted), StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut touched = Vec::new();
+        let mut latest: Vec<Counters> = Vec::new();
+        {
+            let mut seen = tx.prepare_cached(
+                "INSERT OR IGNORE INTO seen (channel_id, version, at) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut counters = tx.prepare_cached(
+                "UPDATE subscriptions SET push_count = ?2, last_push = ?3, quota = ?4, expired = ?5
+                 WHERE id = ?1",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (id, subscription_id, channel_id, version, payload, received,
+                     ttl, topic, urgency)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for item in items {
+                let fresh =
+                    seen.execute(params![item.channel_id.as_str(), item.version, now_ms])?;
+                if fresh == 0 {
+                    outcomes.push(Recorded::Duplicate);
+                    continue;
+                }
+                // Each item carries its subscription's running totals: only the last
+                // fresh one per subscription needs writing, once, below.
+                if let Some(c) = &item.counters {
+                    match latest
+                        .iter_mut()
+                        .find(|l| l.subscription_id == c.subscription_id)
+                    {
+                        Some(l) => *l = *c,
+                        None => latest.push(*c),
+                    }
+                }
+                if let Some(m) = &item.message {
+                    insert.execute(params![
+                        m.id.as_str(),
+                        m.subscription_id,
+                        m.channel_id.as_str(),
+                        m.version,
+                        m.payload,
+                        m.received,
+                        m.ttl,
+                        m.topic,
+                        m.urgency
+                    ])?;
+                    if !touched.contains(&m.subscription_id) {
+                        touched.push(m.subscription_id);
+                    }
+                }
+                outcomes.push(Recorded::Stored);
+            }
+            for c in latest {
+                counters.execute(params![
+                    c.subscription_id,
+                    c.push_count as i64,
+                    c.last_push,
+                    c.quota,
+                    c.expired
+                ])?;
+            }
+        }
+        let mut evicted = Vec::new();
+        {
+            // Walks `messages_by_subscription` alone (rowid and received are in the index):
+            // reading `id` for every row would read every 3 KiB row's page.
+            let mut over = tx.prepare_cached(
+                "SELECT rowid, received FROM messages WHERE subscription_id = ?1
+                 ORDER BY received DESC, rowid DESC LIMIT -1 OFFSET ?2",
+            )?;
+            let mut del =
+                tx.prepare_cached("DELETE FROM messages WHERE rowid = ?1 RETURNING id")?;
+            for sub in touched {
+                let rows: Vec<OverCap> = over
+                    .query_map(params![sub, cap.keep_newest()], |r| {
+                        Ok(OverCap {
+                            key: r.get(0)?,
+                            received: r.get(1)?,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                for key in cap.evict(sub, &rows) {
+                    let id: String = del.query_row([key], |r| r.get(0))?;
+                    evicted.push((sub, id));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok((outcomes, evicted))
+    }
+
+    pub fn pending(&self, subscription_id: i64) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, subscription_id, channel_id, version, payload, received, ttl, topic, urgency
+             FROM messages WHERE subscription_id = ?1 ORDER BY received, rowid",
+        )?;
+        let rows = st.query_map([subscription_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, u32>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, String>(8)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, sub, ch, version, payload, received, ttl, topic, urgency) = row?;
+            out.push(StoredMessage {
+                id: id.into(),
+                subscription_id: sub,
+                channel_id: ChannelId::parse(&ch)
+                    .map_err(|e| StoreError::Corrupt(format!("message: {e}")))?,
+                version,
+                payload,
+                received,
+                ttl,
+                topic,
+                urgency,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether a notification (channel, version) was already processed: the server sends
+    /// what it holds unacknowledged again on every connection.
+    pub fn seen(&self, channel_id: &ChannelId, version: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM seen WHERE channel_id = ?1 AND version = ?2")?
+            .query_row(params![channel_id.as_str(), version], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    pub fn pending_count(&self, subscription_id: i64) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT count(*) FROM messages WHERE subscription_id = ?1")?
+            .query_row([subscription_id], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Forget a message the app acknowledged; `false` if there was none.
+    pub fn ack(&self, subscription_id: i64, message_id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM messages WHERE subscription_id = ?1 AND id = ?2")?
+            .execute(params![subscription_id, message_id])?;
+        Ok(n > 0)
+    }
+
+    /// Forget several acknowledged messages in one transaction (one fsync); returns, per
+    /// message, whether it was pending.
+    pub fn ack_many(&mut self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
+        // An acknowledgement lost in a power cut only brings a message back (delivery is
+        // at least once), so it need not wait for an fsync of its own: at low rates that
+        // was half of the daemon's added latency. Storing a message stays FULL.
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = self.ack_many_inner(acks);
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        result
+    }
+
+    fn ack_many_inner(&mut self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut out = Vec::with_capacity(acks.len());
+        {
+            let mut del =
+                tx.prepare_cached("DELETE FROM messages WHERE subscription_id = ?1 AND id = ?2")?;
+            for (sub, id) in acks {
+                out.push(del.execute(params![sub, id])? > 0);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Delete messages whose time is up; returns (subscription, message id) of each.
+    pub fn expire_messages(&mut self, now_ms: i64) -> Result<Vec<(i64, String)>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let gone: Vec<(i64, String)> = {
+            let mut st = tx.prepare_cached(
+                "DELETE FROM messages WHERE received + ttl * 1000 <= ?1
+                 RETURNING subscription_id, id",
+            )?;
+            let rows = st.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        tx.commit()?;
+        Ok(gone)
+    }
+
+    /// The earliest time a pending message expires, to arm one timer for all.
+    pub fn next_expiry(&self) -> Result<Option<i64>, StoreError> {
+        // Served by the messages_by_expiry index (the expression must match it).
+        Ok(self
+            .conn
+            .prepare_cached("SELECT min(received + ttl * 1000) FROM messages")?
+            .query_row([], |r| r.get::<_, Option<i64>>(0))?)
+    }
+
+    /// Drop de-duplication entries older than `before_ms`, except for messages still stored.
+    pub fn prune_seen(&self, before_ms: i64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM seen WHERE at < ?1 AND NOT EXISTS
+               (SELECT 1 FROM messages m WHERE m.channel_id = seen.channel_id AND m.version = seen.version)",
+            [before_ms],
+        )?)
+    }
+}
