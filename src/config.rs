@@ -138,6 +138,9 @@ pub struct DeliveryConfig {
     pub max_pending_per_subscription: u32,
     #[serde(deserialize_with = "duration")]
     pub max_age: Duration,
+    /// How long a message is safe from the pending cap (for its app to acknowledge it).
+    #[serde(deserialize_with = "duration")]
+    pub pending_grace: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -145,6 +148,7 @@ impl Default for DeliveryConfig {
         DeliveryConfig {
             max_pending_per_subscription: 100,
             max_age: Duration::from_secs(30 * 24 * 3600),
+            pending_grace: Duration::from_secs(30),
         }
     }
 }
@@ -367,6 +371,9 @@ impl Config {
         if self.delivery.max_age.is_zero() {
             return Err("delivery.max_age must be more than 0".into());
         }
+        if self.delivery.pending_grace.is_zero() {
+            return Err("delivery.pending_grace must be more than 0".into());
+        }
         Ok(())
     }
 
@@ -423,6 +430,14 @@ mod tests {
             .unwrap();
         assert_eq!(c.connection.request_timeout, Duration::from_millis(250));
         assert_eq!(c.connection.ping_interval, Duration::from_secs(5400));
+        let c = load("[delivery]\npending_grace = \"2s\"\n").unwrap();
+        assert_eq!(c.delivery.pending_grace, Duration::from_secs(2));
+        assert_eq!(
+            Config::defaults("/".into()).delivery.pending_grace,
+            Duration::from_secs(30)
+        );
+        let e = load("[delivery]\npending_grace = \"0s\"\n").unwrap_err();
+        assert!(e.to_string().contains("pending_grace"), "{e}");
     }
 
     #[test]

@@ -318,3 +318,49 @@ async fn copies_to_an_expired_subscription_bring_one_unregister() {
         .collect();
     assert_eq!(unregisters.len(), 1, "{unregisters:?}");
 }
+
+/// Messages waiting in the daemon, all subscriptions together.
+async fn pending(w: &World) -> u64 {
+    let observer = App::new(w.bus.connect().await).await;
+    let s = observer.admin.status().await.unwrap();
+    s.get("pending_messages").unwrap().try_into().unwrap()
+}
+
+const SMALL_CAP: &str = "[delivery]\nmax_pending_per_subscription = 2\npending_grace = \"2s\"";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pending_cap_applies_when_the_grace_ends_without_another_burst() {
+    let w = World::with_config(SMALL_CAP).await;
+    let sub = subscribe_and_leave(&w, "org.example.Away", HashMap::new()).await;
+    for i in 0..5 {
+        assert_eq!(post(&sub, format!("m{i}").as_bytes()).await.status, 201);
+    }
+    acked(&w, 5).await;
+    // Within the grace all stay (up to ten times the cap)...
+    assert_eq!(pending(&w).await, 5);
+    // ...and once it has passed the oldest go, though nothing more came.
+    eventually("the cap once the grace ended", || async {
+        (pending(&w).await == 2).then_some(())
+    })
+    .await;
+    assert!(w
+        .daemon
+        .log_text()
+        .contains("max_pending_per_subscription reached"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pending_cap_applies_at_startup() {
+    let mut w = World::with_config(SMALL_CAP).await;
+    let sub = subscribe_and_leave(&w, "org.example.Away", HashMap::new()).await;
+    for i in 0..5 {
+        assert_eq!(post(&sub, format!("m{i}").as_bytes()).await.status, 201);
+    }
+    acked(&w, 5).await;
+    assert_eq!(pending(&w).await, 5);
+    // Stopped within the grace, started after it.
+    w.daemon.stop();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    w.daemon.restart(&w.bus).await;
+    assert_eq!(pending(&w).await, 2);
+}

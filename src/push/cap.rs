@@ -2,15 +2,19 @@
 //! more than `delivery.max_pending_per_subscription`. The store reports the messages
 //! beyond the cap (newest first) inside the burst's transaction and drops what this says.
 //!
-//! The oldest beyond the cap go, but only once they have had `EVICTION_GRACE_MS` to be
-//! acknowledged: a burst to a running app must not lose what the app is about to ack.
-//! Beyond `GRACE_BOUND_*` times the cap they go at once, so a flood stays bounded.
+//! The oldest beyond the cap go, but only once they have had the grace
+//! (`delivery.pending_grace`, `EVICTION_GRACE_MS` by default) to be acknowledged: a burst
+//! to a running app must not lose what the app is about to ack. Beyond `GRACE_BOUND_*`
+//! times the cap they go at once, so a flood stays bounded. Those it keeps only for their
+//! grace are remembered (`grace_ends`): the cap is applied again when it ends, not only
+//! when the next burst comes.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 
 use crate::store::{CapPolicy, OverCap};
 
-/// How long a message is safe from the pending cap.
+/// How long a message is safe from the pending cap, unless configured.
 pub const EVICTION_GRACE_MS: i64 = 30_000;
 /// Within the grace, how many times the cap is kept for a subscription whose app is not
 /// running (nobody is working through them: a flood stays small)...
@@ -21,12 +25,15 @@ pub const GRACE_BOUND_WAITING: i64 = 10;
 pub const GRACE_BOUND_RUNNING: i64 = 100;
 
 /// The cap as it applies to one burst.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PendingCap<'a> {
     max_pending: u32,
     now_ms: i64,
+    grace_ms: i64,
     /// Subscriptions whose app is running (see `GRACE_BOUND_RUNNING`).
     running: &'a HashSet<i64>,
+    /// The earliest time a message kept beyond the cap only for its grace loses it.
+    grace_ends: Cell<Option<i64>>,
 }
 
 impl<'a> PendingCap<'a> {
@@ -34,8 +41,22 @@ impl<'a> PendingCap<'a> {
         PendingCap {
             max_pending,
             now_ms,
+            grace_ms: EVICTION_GRACE_MS,
             running,
+            grace_ends: Cell::new(None),
         }
+    }
+
+    /// With a grace other than `EVICTION_GRACE_MS`.
+    pub fn with_grace(mut self, grace_ms: i64) -> PendingCap<'a> {
+        self.grace_ms = grace_ms;
+        self
+    }
+
+    /// When the cap must be applied again: the earliest end of the grace of a message it
+    /// kept beyond the cap (across every subscription it was asked about), if any.
+    pub fn grace_ends(&self) -> Option<i64> {
+        self.grace_ends.get()
     }
 }
 
@@ -51,12 +72,18 @@ impl CapPolicy for PendingCap<'_> {
             GRACE_BOUND_WAITING
         };
         let hard = (self.max_pending as i64).saturating_mul(factor);
-        let cutoff = self.now_ms - EVICTION_GRACE_MS;
-        (self.max_pending as i64 + 1..)
-            .zip(over)
-            .filter(|(n, m)| m.received <= cutoff || *n > hard)
-            .map(|(_, m)| m.key)
-            .collect()
+        let cutoff = self.now_ms - self.grace_ms;
+        let mut evicted = Vec::new();
+        for (n, m) in (self.max_pending as i64 + 1..).zip(over) {
+            if m.received <= cutoff || n > hard {
+                evicted.push(m.key);
+            } else {
+                let ends = m.received + self.grace_ms;
+                let earliest = self.grace_ends.get().map_or(ends, |e| e.min(ends));
+                self.grace_ends.set(Some(earliest));
+            }
+        }
+        evicted
     }
 }
 
@@ -93,6 +120,25 @@ mod tests {
         // Once the grace has passed they go at once.
         let old = over(&[now - EVICTION_GRACE_MS, now - EVICTION_GRACE_MS + 1]);
         assert_eq!(cap.evict(1, &old), [0]);
+    }
+
+    /// What it keeps for their grace alone, it says when to look again.
+    #[test]
+    fn says_when_the_grace_of_what_it_kept_ends() {
+        let none = HashSet::new();
+        let now = 100_000;
+        let cap = PendingCap::new(2, now, &none).with_grace(1_000);
+        assert_eq!(cap.grace_ends(), None);
+        // One past its grace (goes), two within it (stay until theirs ends).
+        assert_eq!(
+            cap.evict(1, &over(&[now - 500, now - 800, now - 1_000])),
+            [2]
+        );
+        assert_eq!(cap.grace_ends(), Some(now - 800 + 1_000));
+        // Nothing kept beyond the cap: nothing to look at again.
+        let cap = PendingCap::new(2, now, &none).with_grace(1_000);
+        assert_eq!(cap.evict(1, &over(&[now - 2_000])), [0]);
+        assert_eq!(cap.grace_ends(), None);
     }
 
     /// The policy as the store carries it out, inside the burst's transaction.

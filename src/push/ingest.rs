@@ -9,7 +9,6 @@ use std::collections::{HashMap, HashSet};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::cap::PendingCap;
 use super::decrypt::{decrypt_burst, Job};
 use super::delivery::{DeliveryState, MutableWait, RETRY_BASE, RETRY_MAX};
 use super::lifecycle::ExpiryReason;
@@ -259,11 +258,12 @@ impl Push {
                     .is_some_and(|r| self.delivery.app_present(&r.app_id))
             })
             .collect();
-        let cap = PendingCap::new(self.policy.max_pending, now, &running);
+        let cap = self.pending_cap(now, &running);
         match self.store.record_batch(&items, now, &cap) {
             Ok((outcomes, evicted)) => {
                 self.burst.stored(&items);
                 log_evicted(evicted);
+                self.cap_again_at(cap.grace_ends());
                 let mut stored = Vec::new();
                 for ((item, outcome), p) in items.into_iter().zip(outcomes).zip(planned) {
                     let ack = match outcome {
@@ -411,7 +411,7 @@ impl Push {
 
 /// Every drop is logged, once per subscription and burst (a flood must not become a flood
 /// of log lines).
-fn log_evicted(evicted: Vec<(i64, String)>) {
+pub(super) fn log_evicted(evicted: Vec<(i64, String)>) {
     let mut per_sub: HashMap<i64, (usize, String)> = HashMap::new();
     for (sub, msg) in evicted {
         per_sub.entry(sub).or_insert((0, msg)).0 += 1;

@@ -125,6 +125,8 @@ pub struct Policy {
     pub exempt_apps: Vec<String>,
     pub max_pending: u32,
     pub max_age: Duration,
+    /// How long a message is safe from the pending cap.
+    pub pending_grace: Duration,
     pub notifications_enabled: bool,
     pub rate_per_minute: u32,
     pub mutable_grace: Duration,
@@ -138,6 +140,7 @@ impl Policy {
             exempt_apps: c.quota.exempt_apps.clone(),
             max_pending: c.delivery.max_pending_per_subscription,
             max_age: c.delivery.max_age,
+            pending_grace: c.delivery.pending_grace,
             notifications_enabled: c.notifications.enabled,
             rate_per_minute: c.notifications.rate_per_minute,
             mutable_grace: c.notifications.mutable_grace,
@@ -213,6 +216,8 @@ impl Push {
         push.io.hello.send_modify(|h| h.broadcasts = broadcasts);
         push.update_hello();
         push.housekeeping();
+        // A restart must not leave a subscription over the pending cap until its next burst.
+        push.apply_cap(&push.index.ids_where(|_| true));
         Ok((push, Handle { tx }))
     }
 
@@ -286,8 +291,8 @@ impl Push {
     }
 
     /// The one timer of the owner loop: the earliest of message expiry, a delivery retry,
-    /// a mutable message's grace, the reconnect after a failed store, giving memory back
-    /// and the daily housekeeping.
+    /// a mutable message's grace, the reconnect after a failed store, the end of a
+    /// pending-cap grace, giving memory back and the daily housekeeping.
     fn next_timer(&self) -> Option<Instant> {
         [
             self.upkeep.next_expiry(&self.store),
@@ -295,6 +300,7 @@ impl Push {
             self.delivery.next_grace(),
             self.burst.redeliver,
             self.upkeep.trim_at,
+            self.upkeep.cap_check,
             Some(self.upkeep.maintenance),
         ]
         .into_iter()
@@ -308,6 +314,7 @@ impl Push {
         self.redeliver_due(now);
         self.retries_due(now);
         self.upkeep_due(now);
+        self.cap_due(now);
         self.mutable_due(now);
     }
 

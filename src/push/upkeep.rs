@@ -7,6 +7,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, error, info};
 
+use std::collections::HashSet;
+
+use super::cap::PendingCap;
+use super::ingest::log_evicted;
 use super::lifecycle::ExpiryReason;
 use super::Push;
 use crate::clock::now_ms;
@@ -26,6 +30,8 @@ pub(super) struct Upkeep {
     pub maintenance: Instant,
     /// When to hand memory left over from startup or a burst back to the system.
     pub trim_at: Option<Instant>,
+    /// When the grace of a message the pending cap kept ends: the cap is applied again.
+    pub cap_check: Option<Instant>,
     /// `$XDG_DATA_HOME`, where user Flatpak installations live.
     data_home: PathBuf,
 }
@@ -35,6 +41,7 @@ impl Upkeep {
         Upkeep {
             maintenance: Instant::now() + MAINTENANCE_EVERY,
             trim_at: Some(Instant::now() + TRIM_AFTER),
+            cap_check: None,
             data_home: directories::BaseDirs::new()
                 .map(|b| b.data_dir().to_path_buf())
                 .unwrap_or_default(),
@@ -109,6 +116,54 @@ impl Push {
                 }
             }
             Err(e) => error!(error = %e, "cannot expire pending messages"),
+        }
+    }
+
+    /// The pending cap as it applies now; `running` are the subscriptions whose app is.
+    pub(super) fn pending_cap<'a>(&self, now: i64, running: &'a HashSet<i64>) -> PendingCap<'a> {
+        let grace = self.policy.pending_grace.as_millis().min(i64::MAX as u128) as i64;
+        PendingCap::new(self.policy.max_pending, now, running).with_grace(grace)
+    }
+
+    /// The cap kept messages beyond it for their grace alone: apply it again at `at`
+    /// (unix ms), or earlier if already due then.
+    pub(super) fn cap_again_at(&mut self, at: Option<i64>) {
+        let Some(at) = at else { return };
+        let wait = Duration::from_millis((at - now_ms()).max(0) as u64);
+        let when = Instant::now() + wait;
+        let check = &mut self.upkeep.cap_check;
+        *check = Some(check.map_or(when, |c| c.min(when)));
+    }
+
+    pub(super) fn cap_due(&mut self, now: Instant) {
+        if self.upkeep.cap_check.is_some_and(|at| at <= now) {
+            self.upkeep.cap_check = None;
+            self.apply_cap(&self.index.ids_where(|_| true));
+        }
+    }
+
+    /// Apply the pending cap to `subscriptions` outside a burst: a subscription must not
+    /// stay over it because nothing more came (or the daemon restarted).
+    pub(super) fn apply_cap(&mut self, subscriptions: &[i64]) {
+        if subscriptions.is_empty() {
+            return;
+        }
+        let running: HashSet<i64> = subscriptions
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.index
+                    .get(*id)
+                    .is_some_and(|r| self.delivery.app_present(&r.app_id))
+            })
+            .collect();
+        let cap = self.pending_cap(now_ms(), &running);
+        match self.store.apply_cap(subscriptions, &cap) {
+            Ok(evicted) => {
+                log_evicted(evicted);
+                self.cap_again_at(cap.grace_ends());
+            }
+            Err(e) => error!(error = %e, "cannot apply the pending cap"),
         }
     }
 }

@@ -130,33 +130,22 @@ impl Store {
                 ])?;
             }
         }
-        let mut evicted = Vec::new();
-        {
-            // Walks `messages_by_subscription` alone (rowid and received are in the index):
-            // reading `id` for every row would read every 3 KiB row's page.
-            let mut over = tx.prepare_cached(
-                "SELECT rowid, received FROM messages WHERE subscription_id = ?1
-                 ORDER BY received DESC, rowid DESC LIMIT -1 OFFSET ?2",
-            )?;
-            let mut del =
-                tx.prepare_cached("DELETE FROM messages WHERE rowid = ?1 RETURNING id")?;
-            for sub in touched {
-                let rows: Vec<OverCap> = over
-                    .query_map(params![sub, cap.keep_newest()], |r| {
-                        Ok(OverCap {
-                            key: r.get(0)?,
-                            received: r.get(1)?,
-                        })
-                    })?
-                    .collect::<Result<_, _>>()?;
-                for key in cap.evict(sub, &rows) {
-                    let id: String = del.query_row([key], |r| r.get(0))?;
-                    evicted.push((sub, id));
-                }
-            }
-        }
+        let evicted = evict_over_cap(&tx, &touched, cap)?;
         tx.commit()?;
         Ok((outcomes, evicted))
+    }
+
+    /// Apply the pending cap to `subscriptions` outside a burst (when a grace ends, at
+    /// startup); returns the messages dropped.
+    pub fn apply_cap(
+        &mut self,
+        subscriptions: &[i64],
+        cap: &impl CapPolicy,
+    ) -> Result<Evicted, StoreError> {
+        let tx = self.conn.transaction()?;
+        let evicted = evict_over_cap(&tx, subscriptions, cap)?;
+        tx.commit()?;
+        Ok(evicted)
     }
 
     pub fn pending(&self, subscription_id: i64) -> Result<Vec<StoredMessage>, StoreError> {
@@ -281,4 +270,35 @@ impl Store {
             [before_ms],
         )?)
     }
+}
+
+/// Drop what `cap` says of each subscription's messages beyond `cap.keep_newest()`.
+fn evict_over_cap(
+    tx: &rusqlite::Transaction<'_>,
+    subscriptions: &[i64],
+    cap: &impl CapPolicy,
+) -> Result<Evicted, StoreError> {
+    let mut evicted = Vec::new();
+    // Walks `messages_by_subscription` alone (rowid and received are in the index):
+    // reading `id` for every row would read every 3 KiB row's page.
+    let mut over = tx.prepare_cached(
+        "SELECT rowid, received FROM messages WHERE subscription_id = ?1
+         ORDER BY received DESC, rowid DESC LIMIT -1 OFFSET ?2",
+    )?;
+    let mut del = tx.prepare_cached("DELETE FROM messages WHERE rowid = ?1 RETURNING id")?;
+    for &sub in subscriptions {
+        let rows: Vec<OverCap> = over
+            .query_map(params![sub, cap.keep_newest()], |r| {
+                Ok(OverCap {
+                    key: r.get(0)?,
+                    received: r.get(1)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        for key in cap.evict(sub, &rows) {
+            let id: String = del.query_row([key], |r| r.get(0))?;
+            evicted.push((sub, id));
+        }
+    }
+    Ok(evicted)
 }
