@@ -13,7 +13,6 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -33,6 +32,14 @@ use super::faults::Step;
 use super::registry::Command;
 use super::store::Notification;
 use super::{lock, now_ms, short, Shared, BATCH_SIZE, MAX_ACK_RECORDS};
+
+mod messages;
+mod requests;
+
+use messages::{
+    code, from_obj, parse_client_message, Ack, BroadcastSubscribe, Hello, Nack, Register,
+    Unregister,
+};
 
 /// As autopush (actix-http's default): a frame over 64 KiB closes 1002 "Protocol".
 const MAX_FRAME: usize = 64 << 10;
@@ -112,72 +119,6 @@ fn sm_error(what: &str) -> End {
 fn internal(e: impl std::fmt::Display) -> End {
     tracing::warn!(error = %e, "push server storage failed");
     End::Close(1011, "SM".to_owned())
-}
-
-/// A UUID in any spelling `Uuid::parse_str` accepts, as autopush's serde `Uuid` fields;
-/// kept as its lower-case dashed form.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct AnyUuid(String);
-
-impl<'de> Deserialize<'de> for AnyUuid {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        uuid::Uuid::try_parse(&s)
-            .map(|u| AnyUuid(u.hyphenated().to_string()))
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-#[derive(Deserialize)]
-struct Hello {
-    uaid: Option<String>,
-    /// Not used, but a non-UUID entry fails the message, as in autopush.
-    #[serde(rename = "channelIDs")]
-    _channel_ids: Option<Vec<AnyUuid>>,
-    broadcasts: Option<HashMap<String, String>>,
-}
-
-#[derive(Deserialize)]
-struct Register {
-    #[serde(rename = "channelID")]
-    channel_id: String,
-    key: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Unregister {
-    #[serde(rename = "channelID")]
-    channel_id: AnyUuid,
-    code: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct Ack {
-    updates: Vec<AckUpdate>,
-}
-
-#[derive(Deserialize)]
-struct AckUpdate {
-    #[serde(rename = "channelID")]
-    channel_id: AnyUuid,
-    version: String,
-    code: Option<u16>,
-}
-
-#[derive(Deserialize)]
-struct Nack {
-    version: String,
-    code: Option<i32>,
-}
-
-#[derive(Deserialize)]
-struct BroadcastSubscribe {
-    broadcasts: HashMap<String, String>,
-}
-
-/// A code as recorded in stats: absent or out of range is `default`.
-fn code<T: TryInto<u16>>(code: Option<T>, default: u16) -> u16 {
-    code.and_then(|c| c.try_into().ok()).unwrap_or(default)
 }
 
 struct Conn {
@@ -668,181 +609,7 @@ impl Conn {
             _ => Err(json_error("unknown messageType")),
         }
     }
-
-    async fn on_register(&mut self, ws: &mut Ws, reg: Register) -> Result<(), End> {
-        if self.fault(Step::Register) {
-            return Err(End::Drop);
-        }
-        lock(&self.shared.stats).registers += 1;
-        let uaid = self.uaid.clone().ok_or_else(|| sm_error("no uaid"))?;
-        // autopush insists on the canonical form: lower case, dashed.
-        let canonical = uuid::Uuid::try_parse(&reg.channel_id)
-            .ok()
-            .map(|u| u.hyphenated().to_string());
-        if canonical.as_deref() != Some(reg.channel_id.as_str()) {
-            return Err(sm_error("channelID is not a lower-case dashed UUID"));
-        }
-        let channel_id = reg.channel_id;
-
-        // As autopush: the user is written before the endpoint is made, the key is only
-        // base64url-decoded (padding trimmed) and hashed, never checked to be a P-256
-        // point; a key that does not decode gets status 400.
-        self.shared
-            .store()
-            .ensure_user(&uaid, now_ms())
-            .map_err(internal)?;
-        let key = match reg.key.as_deref() {
-            None => None,
-            Some(k) => match URL_SAFE_NO_PAD.decode(k.trim_end_matches('=')) {
-                Ok(raw) => Some(raw),
-                Err(_) => {
-                    tracing::debug!(channel = %channel_id, "register with a bad key");
-                    return self.register_reply(ws, &channel_id, 400, None).await;
-                }
-            },
-        };
-        if let Some(status) = self
-            .shared
-            .faults
-            .as_ref()
-            .and_then(|f| f.register_status())
-        {
-            return self.register_reply(ws, &channel_id, status, None).await;
-        }
-        self.shared
-            .store()
-            .upsert_channel(&uaid, &channel_id, key.as_deref(), now_ms())
-            .map_err(internal)?;
-        let endpoint = self
-            .shared
-            .endpoint(&uaid, &channel_id, key.as_deref())
-            .map_err(internal)?;
-        tracing::debug!(channel = %channel_id, vapid = key.is_some(), "registered");
-        self.register_reply(ws, &channel_id, 200, Some(endpoint))
-            .await
-    }
-
-    async fn register_reply(
-        &mut self,
-        ws: &mut Ws,
-        channel_id: &str,
-        status: u16,
-        endpoint: Option<String>,
-    ) -> Result<(), End> {
-        self.reply_delay().await?;
-        if self.omit_replies() {
-            return Ok(());
-        }
-        // autopush always sends `pushEndpoint`: the endpoint, "Failed to generate
-        // endpoint" with status 400, or "" for other failures.
-        let endpoint = endpoint.unwrap_or_else(|| {
-            if status == 400 {
-                "Failed to generate endpoint".to_owned()
-            } else {
-                String::new()
-            }
-        });
-        let reply = json!({
-            "messageType": "register",
-            "channelID": channel_id,
-            "status": status,
-            "pushEndpoint": endpoint,
-        });
-        self.send(ws, reply.to_string()).await
-    }
-
-    async fn on_unregister(&mut self, ws: &mut Ws, unreg: Unregister) -> Result<(), End> {
-        let uaid = self.uaid.clone().ok_or_else(|| sm_error("no uaid"))?;
-        let channel_id = unreg.channel_id.0;
-        let code = code(unreg.code, 200);
-        // Stored messages stay, and notifications in flight still want their acks.
-        self.shared
-            .store()
-            .delete_channel(&uaid, &channel_id)
-            .map_err(internal)?;
-        lock(&self.shared.stats)
-            .unregisters
-            .push((channel_id.clone(), code));
-        tracing::debug!(channel = %channel_id, code, "unregistered");
-
-        self.reply_delay().await?;
-        if !self.omit_replies() {
-            let reply =
-                json!({"messageType": "unregister", "channelID": channel_id, "status": 200});
-            self.send(ws, reply.to_string()).await?;
-        }
-        Ok(())
-    }
-
-    async fn on_ack(&mut self, ws: &mut Ws, ack: Ack) -> Result<(), End> {
-        if self.fault(Step::Ack) {
-            return Err(End::Drop);
-        }
-        let uaid = self.uaid.clone().ok_or_else(|| sm_error("no uaid"))?;
-        for update in ack.updates {
-            {
-                let mut stats = lock(&self.shared.stats);
-                if stats.acks.len() >= MAX_ACK_RECORDS {
-                    stats.acks.drain(..MAX_ACK_RECORDS / 10);
-                }
-                stats.acks.push((
-                    update.channel_id.0.clone(),
-                    truncate(&update.version),
-                    code(update.code, 0),
-                ));
-            }
-            // As autopush: only what was sent on this connection counts. A stored
-            // message without a topic stays stored until its whole batch is acked.
-            if self.in_flight.remove(&update.version).is_some() {
-                if self.recently_acked.len() >= RECENTLY_ACKED {
-                    self.recently_acked.pop_front();
-                }
-                self.recently_acked.push_back(update.version.clone());
-                match self.batch.get(&update.version) {
-                    Some(false) => self.batch_acked.push(update.version),
-                    Some(true) | None => {
-                        self.shared
-                            .store()
-                            .delete_message(&uaid, &update.version)
-                            .map_err(internal)?;
-                    }
-                }
-            }
-        }
-        self.after_acks(ws).await
-    }
-
-    async fn on_ping(&mut self, ws: &mut Ws) -> Result<(), End> {
-        lock(&self.shared.stats).pings += 1;
-        let now = Instant::now();
-        if let Some(last) = self.last_client_ping {
-            if now.duration_since(last) < self.shared.opts.client_ping_min_interval {
-                return Err(sm_error("excessive ping"));
-            }
-        }
-        self.last_client_ping = Some(now);
-        if self
-            .shared
-            .faults
-            .as_ref()
-            .is_some_and(|f| f.ignore_pings())
-        {
-            return Ok(());
-        }
-        self.send(ws, "{}".to_owned()).await
-    }
 }
-
-/// The message types autopush's `ClientMessage` knows, matched case-sensitively.
-const MESSAGE_TYPES: [&str; 7] = [
-    "hello",
-    "register",
-    "unregister",
-    "broadcast_subscribe",
-    "ack",
-    "nack",
-    "ping",
-];
 
 /// Only `GET /` upgrades, as in autopush-rs; another path gets an empty 404.
 #[allow(clippy::result_large_err)] // the signature is tungstenite's
@@ -853,24 +620,6 @@ fn only_root(req: &HsRequest, resp: HsResponse) -> Result<HsResponse, ErrorRespo
     let mut err = ErrorResponse::new(None);
     *err.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
     Err(err)
-}
-
-/// A JSON object and its `messageType`; an empty object `{}` is a ping. Anything else
-/// that is not an object with a known `messageType` closes 1011 "Json".
-fn parse_client_message(text: &str) -> Result<(String, Map<String, Value>), End> {
-    let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) else {
-        return Err(json_error("not a JSON object"));
-    };
-    let kind = match obj.get("messageType") {
-        None if obj.is_empty() => "ping".to_owned(),
-        Some(Value::String(s)) if MESSAGE_TYPES.contains(&s.as_str()) => s.clone(),
-        _ => return Err(json_error("missing or unknown messageType")),
-    };
-    Ok((kind, obj))
-}
-
-fn from_obj<T: serde::de::DeserializeOwned>(obj: Map<String, Value>) -> Result<T, End> {
-    serde_json::from_value(Value::Object(obj)).map_err(|_| json_error("malformed message"))
 }
 
 /// Binary, fragmented or other frames autopush does not handle.
