@@ -309,3 +309,48 @@ async fn version_1_connectors_work_too() {
             && xml.contains("org.unifiedpush.Distributor1")
     );
 }
+
+/// The app is handed the body alone: what it cannot decrypt from that is acknowledged to
+/// the server (101 for `aesgcm`, whose salt and key are in headers; 102 for an empty push
+/// or a body over the specification's 4,096 bytes), logged, and never forwarded.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_body_alone_cannot_carry_is_acknowledged_not_forwarded() {
+    let w = World::new().await;
+    let name = "org.example.UpRaw";
+    let record = w.dir.path().join("upraw.jsonl");
+    install(&w.bus, name, &record, "");
+    let keys = SubscriptionKeys::generate().unwrap();
+    tokio::task::block_in_place(|| register(&w.bus, name, &record, "token-1", &[]));
+    let endpoint = registered_endpoint(&record, 1).await;
+
+    let aesgcm = crypto::encrypt(keys.public_key(), keys.auth(), b"old style", true).unwrap();
+    let empty = crypto::Encrypted {
+        body: Vec::new(),
+        headers: Vec::new(),
+    };
+    let big = crypto::encrypt(keys.public_key(), keys.auth(), &[7u8; 4200], false).unwrap();
+    assert!(big.body.len() > 4096);
+    let good = crypto::encrypt(keys.public_key(), keys.auth(), b"fine", false).unwrap();
+    let mut codes = Vec::new();
+    for (n, enc) in [&aesgcm, &empty, &big, &good].into_iter().enumerate() {
+        assert_eq!(post_raw(&endpoint, enc).await, 201);
+        let ack = eventually("the daemon's ack", || async {
+            w.server.stats().acks.get(n).map(|a| a.2)
+        })
+        .await;
+        codes.push(ack);
+    }
+    assert_eq!(codes, [101, 102, 102, 100]);
+    let m = wait_call(&record, "Message", |c| c["method"] == "Message").await;
+    assert_eq!(
+        crypto::b64(m["message"].as_str().unwrap()).unwrap(),
+        good.body
+    );
+    assert_eq!(count(&record, "Message"), 1);
+    let log = w.daemon.log_text();
+    assert!(
+        log.contains("cannot hand a message to a UnifiedPush app"),
+        "{log}"
+    );
+    assert!(log.contains("aesgcm"), "{log}");
+}

@@ -26,10 +26,11 @@ pub const UNREGISTER_REVOKED: u16 = 202;
 pub enum Ack {
     /// Stored for its app (100).
     Delivered,
-    /// Its payload could not be decrypted (101).
+    /// Its payload could not be decrypted, or (UnifiedPush) is `aesgcm`, which its app
+    /// could not decrypt from the body alone (101).
     Undecryptable,
-    /// Not kept: an unknown or expired channel, a copy, an undecodable UnifiedPush body
-    /// (102).
+    /// Not kept: an unknown or expired channel, a copy, a UnifiedPush body that is empty,
+    /// over 4,096 bytes or not base64url (102).
     NotDelivered,
 }
 

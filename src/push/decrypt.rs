@@ -2,7 +2,7 @@
 //! (UnifiedPush, whose app decrypts), on every core for bursts.
 
 use super::Kind;
-use crate::connection::Notification;
+use crate::connection::{Ack, Notification};
 use crate::crypto::{self, Encoding, EncodingHeaders, SubscriptionKeys};
 
 /// What decrypting one notification needs: its subscription's keys and kind.
@@ -69,20 +69,40 @@ pub(super) fn decrypt_burst(
     })
 }
 
-/// The raw RFC 8291 body for a UnifiedPush app, which decrypts it itself. The UnifiedPush
-/// specification allows 1-4096 bytes.
+/// The largest body the UnifiedPush specification lets a distributor hand on.
+const UNIFIED_PUSH_MAX: usize = 4096;
+
+/// The raw RFC 8291 body for a UnifiedPush app, which decrypts it itself: the app gets
+/// the body alone, so only what the body carries whole can go. The UnifiedPush
+/// specification allows 1-4096 bytes; an `aesgcm` message keeps its salt and key in
+/// headers the app never sees (`UnknownEncoding`: acknowledged as undecryptable).
 fn raw_body(n: &Notification) -> Result<Vec<u8>, crypto::CryptoError> {
+    let encoding = n.headers.get("encoding").map(String::as_str);
+    if let Some(e) = encoding.filter(|e| !e.eq_ignore_ascii_case("aes128gcm")) {
+        return Err(crypto::CryptoError::UnknownEncoding(e.to_string()));
+    }
     let body = match &n.data {
         Some(d) => crypto::b64(d)?,
         None => Vec::new(),
     };
-    if body.is_empty() || body.len() > 4096 {
+    if body.is_empty() || body.len() > UNIFIED_PUSH_MAX {
         return Err(crypto::CryptoError::Decrypt(format!(
-            "a UnifiedPush message must be 1-4096 bytes, not {}",
+            "a UnifiedPush message must be 1-{UNIFIED_PUSH_MAX} bytes, not {}",
             body.len()
         )));
     }
     Ok(body)
+}
+
+/// How a message that cannot go to its app is acknowledged: 101 when it is encrypted in
+/// a way its recipient cannot decrypt, 102 when there is nothing to hand on.
+pub(super) fn failed_ack(kind: Kind, e: &crypto::CryptoError) -> Ack {
+    match (kind, e) {
+        (Kind::WebPush, _) | (Kind::UnifiedPush(_), crypto::CryptoError::UnknownEncoding(_)) => {
+            Ack::Undecryptable
+        }
+        (Kind::UnifiedPush(_), _) => Ack::NotDelivered,
+    }
 }
 
 /// Decode and decrypt one notification's body. An empty push gives an empty payload.

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use tracing::{debug, info, warn};
 
 use super::declarative::{self, Declarative};
-use super::decrypt::Decrypted;
+use super::decrypt::{failed_ack, Decrypted};
 use super::{Kind, StoredMessage, SubscriptionRecord};
 use crate::connection::{Ack, Acknowledgement, Notification, Unregister};
 use crate::ids::{message_id, AppId, ChannelId};
@@ -204,11 +204,15 @@ fn plan_message(
     let (ack, message) = match decrypted {
         Ok(payload) => (Ack::Delivered, Some(stored(&n, t.id, payload, clock))),
         Err(e) => {
-            warn!(subscription = t.id, channel = %n.channel_id, reason = %e, "cannot decrypt a notification: acknowledged 101");
-            let ack = match t.kind {
-                Kind::WebPush => Ack::Undecryptable,
-                Kind::UnifiedPush(_) => Ack::NotDelivered,
-            };
+            let ack = failed_ack(t.kind, &e);
+            match t.kind {
+                Kind::WebPush => {
+                    warn!(subscription = t.id, channel = %n.channel_id, reason = %e, code = ack.code(), "cannot decrypt a notification: acknowledged, not kept")
+                }
+                Kind::UnifiedPush(_) => {
+                    warn!(subscription = t.id, channel = %n.channel_id, reason = %e, code = ack.code(), "cannot hand a message to a UnifiedPush app (it is given the body alone: 1-4096 bytes of aes128gcm): acknowledged, not kept")
+                }
+            }
             (ack, None)
         }
     };

@@ -280,3 +280,14 @@ fn mutable_messages_go_to_an_app_that_can_take_them() {
     let p = plan(&mut f, vec![(note(CH_A, "3"), ok(SHOWN))]);
     assert_eq!(p.planned[0].presentation, Presentation::Ordinary);
 }
+
+#[test]
+fn what_a_unified_push_app_cannot_take_is_101_if_encrypted_for_headers_else_102() {
+    use super::super::decrypt::failed_ack;
+    let up = Kind::UnifiedPush(2);
+    let aesgcm = CryptoError::UnknownEncoding("aesgcm".into());
+    let empty = CryptoError::Decrypt("a UnifiedPush message must be 1-4096 bytes, not 0".into());
+    assert_eq!(failed_ack(up, &aesgcm), Ack::Undecryptable);
+    assert_eq!(failed_ack(up, &empty), Ack::NotDelivered);
+    assert_eq!(failed_ack(Kind::WebPush, &empty), Ack::Undecryptable);
+}
