@@ -426,6 +426,33 @@ mod tests {
         );
     }
 
+    /// Per-call cost of the hot path, for comparing crypto backends on one machine:
+    /// `cargo test --release --lib -- --ignored --nocapture timing_`. The best of five
+    /// rounds, so other work on the machine inflates it less.
+    #[test]
+    #[ignore]
+    fn timing_decrypt_aes128gcm_3k() {
+        let keys = SubscriptionKeys::generate().unwrap();
+        let plain = vec![b'x'; 3 * 1024];
+        let bodies: Vec<Vec<u8>> = (0..200)
+            .map(|_| {
+                encrypt(keys.public_key(), keys.auth(), &plain, false)
+                    .unwrap()
+                    .body
+            })
+            .collect();
+        let best = (0..5)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                for body in &bodies {
+                    std::hint::black_box(decrypt(&keys, &Encoding::Aes128gcm, body).unwrap());
+                }
+                t.elapsed().as_secs_f64() * 1e6 / bodies.len() as f64
+            })
+            .fold(f64::INFINITY, f64::min);
+        println!("timing crypto::decrypt aes128gcm 3 KiB: {best:.1} µs");
+    }
+
     #[test]
     fn vapid_key_validation() {
         let k = SubscriptionKeys::generate().unwrap();

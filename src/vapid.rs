@@ -525,6 +525,35 @@ mod tests {
         assert!(validate_public_key(&[]).is_err());
     }
 
+    /// Per-call cost of signing and verifying, for comparing crypto backends on one
+    /// machine: `cargo test --release --lib -- --ignored --nocapture timing_`.
+    #[test]
+    #[ignore]
+    fn timing_sign_and_verify() {
+        let key = VapidKey::generate().unwrap();
+        let n = 200;
+        let best = |f: &mut dyn FnMut()| {
+            (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    for _ in 0..n {
+                        f();
+                    }
+                    t.elapsed().as_secs_f64() * 1e6 / n as f64
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let sign = best(&mut || {
+            std::hint::black_box(signed(&key));
+        });
+        let jwt = signed(&key);
+        let public = key.public_raw();
+        let verify = best(&mut || {
+            verify_jwt(&jwt, &public, AUD, NOW).unwrap();
+        });
+        println!("timing vapid::sign_jwt: {sign:.1} µs, vapid::verify_jwt: {verify:.1} µs");
+    }
+
     #[test]
     fn garbage_does_not_panic() {
         let key = VapidKey::generate().unwrap();
