@@ -109,9 +109,9 @@ impl SubscriptionKeys {
     }
 }
 
-/// A P-256 private scalar as exactly 32 big-endian bytes. OpenSSL (through `ece`) hands
-/// out the minimal encoding, so about one key in 256 comes as 31 bytes (a leading zero
-/// byte dropped); rows stored that way by earlier versions are accepted and padded too.
+/// A P-256 private scalar as exactly 32 big-endian bytes. OpenSSL (through `ece`), which
+/// earlier versions used, handed out the minimal encoding, so about one key in 256 was
+/// stored as 31 bytes (a leading zero byte dropped); such rows are accepted and padded.
 fn pad_scalar(d: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     if d.is_empty() || d.len() > 32 {
         return Err(CryptoError::InvalidKey(format!(
@@ -124,53 +124,47 @@ fn pad_scalar(d: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     Ok(out)
 }
 
+/// The uncompressed public point of a P-256 private scalar (1-32 big-endian bytes).
+pub fn public_key_of(private: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let d = pad_scalar(private)?;
+    let key = backend::private_key(&d)
+        .map_err(|_| CryptoError::InvalidKey("not a P-256 private scalar".into()))?;
+    let public = key
+        .compute_public_key()
+        .map_err(|_| CryptoError::InvalidKey("not a P-256 private scalar".into()))?;
+    Ok(public.as_ref().to_vec())
+}
+
 /// The full check that `private` and `public` are one P-256 key pair.
 pub fn validate_pair(private: &[u8], public: &[u8]) -> Result<(), CryptoError> {
-    use openssl::bn::{BigNum, BigNumContext};
-    use openssl::ec::{EcKey, EcPoint};
-    let bad = |e: openssl::error::ErrorStack| CryptoError::InvalidKey(e.to_string());
-    let group = backend::p256().ok_or_else(no_p256)?;
-    let mut ctx = BigNumContext::new().map_err(bad)?;
-    let point = EcPoint::from_bytes(group, public, &mut ctx).map_err(bad)?;
-    let d = BigNum::from_slice(private).map_err(bad)?;
-    let key = EcKey::from_private_components(group, &d, &point).map_err(bad)?;
-    key.check_key().map_err(bad)
-}
-
-fn no_p256() -> CryptoError {
-    CryptoError::InvalidKey("P-256 is not available in this OpenSSL".into())
-}
-
-/// Decode a P-256 point: OpenSSL rejects points that are not on the curve. Cheap (no
-/// scalar multiplication, unlike `check_key`).
-fn point_on_curve(raw: &[u8]) -> Result<(), CryptoError> {
-    use openssl::bn::BigNumContext;
-    use openssl::ec::EcPoint;
-    let bad = |_| CryptoError::InvalidKey("public key is not a point on P-256".into());
-    // The curve is built once: startup loads every subscription's key.
-    let group = backend::p256().ok_or_else(no_p256)?;
-    let mut ctx = BigNumContext::new().map_err(bad)?;
-    EcPoint::from_bytes(group, raw, &mut ctx).map_err(bad)?;
+    point_on_curve(public)?;
+    if public_key_of(private)? != public {
+        return Err(CryptoError::InvalidKey(
+            "public key does not match the private key".into(),
+        ));
+    }
     Ok(())
+}
+
+/// Decode a P-256 point and check that it is on the curve. Cheap (no scalar
+/// multiplication): startup loads every subscription's key.
+fn point_on_curve(raw: &[u8]) -> Result<(), CryptoError> {
+    backend::public_key(raw)
+        .map(drop)
+        .map_err(|_| CryptoError::InvalidKey("public key is not a point on P-256".into()))
 }
 
 /// Check an application server (VAPID) key: a 65-byte uncompressed point on P-256.
 pub fn validate_public_key(raw: &[u8]) -> Result<(), CryptoError> {
-    use openssl::bn::BigNumContext;
-    use openssl::ec::{EcKey, EcPoint};
     if raw.len() != PUBLIC_KEY_LEN || raw[0] != 4 {
         return Err(CryptoError::InvalidKey(format!(
             "expected a {PUBLIC_KEY_LEN}-byte uncompressed P-256 point, got {} bytes",
             raw.len()
         )));
     }
-    let bad = |_| CryptoError::InvalidKey("not a point on P-256".into());
-    let group = backend::p256().ok_or_else(no_p256)?;
-    let mut ctx = BigNumContext::new().map_err(bad)?;
-    let point = EcPoint::from_bytes(group, raw, &mut ctx).map_err(bad)?;
-    EcKey::from_public_key(group, &point)
-        .and_then(|k| k.check_key())
-        .map_err(bad)
+    backend::public_key(raw)
+        .map(drop)
+        .map_err(|_| CryptoError::InvalidKey("not a point on P-256".into()))
 }
 
 /// How a message body is encrypted, from the notification's `headers`.
@@ -400,6 +394,19 @@ mod tests {
                 .is_err()
         );
         assert!(!format!("{k:?}").contains(&format!("{:?}", k.auth())));
+    }
+
+    #[test]
+    fn pairs_are_checked_in_full() {
+        let k = SubscriptionKeys::generate().unwrap();
+        validate_pair(k.private_key(), k.public_key()).unwrap();
+        assert_eq!(public_key_of(k.private_key()).unwrap(), k.public_key());
+        let other = SubscriptionKeys::generate().unwrap();
+        assert!(validate_pair(k.private_key(), other.public_key()).is_err());
+        // Zero and the group order are not private keys.
+        assert!(public_key_of(&[0u8; 32]).is_err());
+        let n = b64("_____wAAAAD__________7zm-q2nF56E87nKwvxjJVE").unwrap();
+        assert!(public_key_of(&n).is_err());
     }
 
     #[test]
