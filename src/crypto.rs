@@ -5,6 +5,8 @@
 //! appears in `Debug` output and is zeroed when dropped.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::sync::{Arc, OnceLock};
+
 use base64::Engine;
 use zeroize::Zeroizing;
 
@@ -39,6 +41,9 @@ pub struct SubscriptionKeys {
     private: Zeroizing<Vec<u8>>,
     public: Vec<u8>,
     auth: Zeroizing<Vec<u8>>,
+    /// The private key parsed for ECDH, on the first message; shared by clones (the
+    /// daemon clones the keys for each message it decrypts).
+    parsed: Arc<OnceLock<Option<Arc<backend::StaticKey>>>>,
 }
 
 impl std::fmt::Debug for SubscriptionKeys {
@@ -59,6 +64,7 @@ impl SubscriptionKeys {
             private: pad_scalar(comps.private_key())?,
             public: comps.public_key().to_vec(),
             auth: Zeroizing::new(auth.to_vec()),
+            parsed: Arc::default(),
         })
     }
 
@@ -89,6 +95,7 @@ impl SubscriptionKeys {
             private,
             public,
             auth,
+            parsed: Arc::default(),
         })
     }
 
@@ -106,6 +113,12 @@ impl SubscriptionKeys {
 
     fn components(&self) -> ece::EcKeyComponents {
         ece::EcKeyComponents::new(self.private.to_vec(), self.public.clone())
+    }
+
+    fn parsed(&self) -> Option<Arc<backend::StaticKey>> {
+        self.parsed
+            .get_or_init(|| backend::StaticKey::parse(&self.private, &self.public))
+            .clone()
     }
 }
 
@@ -251,13 +264,16 @@ pub fn decrypt(
 ) -> Result<Vec<u8>, CryptoError> {
     backend::install();
     let comps = keys.components();
+    let parsed = keys.parsed();
     // `ece` has internal `unwrap`s; a hostile body must never take the daemon down.
-    let result = std::panic::catch_unwind(|| match encoding {
-        Encoding::Aes128gcm => ece::decrypt(&comps, keys.auth(), body),
-        Encoding::Aesgcm { salt, dh, rs } => {
-            let block = ece::legacy::AesGcmEncryptedBlock::new(dh, salt, *rs, body.to_vec())?;
-            ece::legacy::decrypt_aesgcm(&comps, keys.auth(), &block)
-        }
+    let result = std::panic::catch_unwind(|| {
+        backend::with_static_key(parsed, || match encoding {
+            Encoding::Aes128gcm => ece::decrypt(&comps, keys.auth(), body),
+            Encoding::Aesgcm { salt, dh, rs } => {
+                let block = ece::legacy::AesGcmEncryptedBlock::new(dh, salt, *rs, body.to_vec())?;
+                ece::legacy::decrypt_aesgcm(&comps, keys.auth(), &block)
+            }
+        })
     });
     match result {
         Ok(Ok(plain)) => Ok(plain),
@@ -407,6 +423,25 @@ mod tests {
         assert!(public_key_of(&[0u8; 32]).is_err());
         let n = b64("_____wAAAAD__________7zm-q2nF56E87nKwvxjJVE").unwrap();
         assert!(public_key_of(&n).is_err());
+    }
+
+    #[test]
+    fn clones_share_the_parsed_key() {
+        // The daemon decrypts with a clone of the keys it holds: the parse must stick.
+        let keys = SubscriptionKeys::generate().unwrap();
+        let enc = encrypt(keys.public_key(), keys.auth(), b"once", false).unwrap();
+        assert!(keys.parsed.get().is_none());
+        let copy = keys.clone();
+        assert_eq!(
+            decrypt(&copy, &Encoding::Aes128gcm, &enc.body).unwrap(),
+            b"once"
+        );
+        assert!(matches!(keys.parsed.get(), Some(Some(_))));
+        // A damaged scalar is not cached as a key and still fails as a decryption error.
+        let bad =
+            SubscriptionKeys::from_parts(vec![0; 32], keys.public.clone(), keys.auth.to_vec())
+                .unwrap();
+        assert!(decrypt(&bad, &Encoding::Aes128gcm, &enc.body).is_err());
     }
 
     #[test]
