@@ -540,11 +540,9 @@ async fn stages(bus: &Bus, quick: bool) -> Stages {
         "",
     );
     let us = per_call_us(m, |_| {
-        std::hint::black_box(
-            openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap(),
-        );
+        crypto::validate_public_key(std::hint::black_box(&public)).unwrap();
     });
-    st.add("…of which OpenSSL EcGroup::from_curve_name(P-256)", us, "");
+    st.add("…of which the on-curve check of the point", us, "");
     let us = per_call_us(m.min(500), |_| {
         std::hint::black_box(SubscriptionKeys::generate().unwrap());
     });

@@ -1,13 +1,12 @@
 #!/bin/sh
 # Install what a fresh Debian machine lacks to build, run and test webpushd:
-# dbus-daemon and dbus-run-session (the tests start private buses), pkg-config and the
-# OpenSSL headers (`ece` links OpenSSL). Does nothing when all is there.
+# dbus-daemon and dbus-run-session (the tests start private buses) and a C compiler
+# (aws-lc, the crypto library, and SQLite are built from source by the cc crate; no
+# OpenSSL, pkg-config or cmake). Does nothing when all is there.
 set -e
 need=""
 command -v dbus-daemon >/dev/null 2>&1 || need="$need dbus-daemon"
 command -v dbus-run-session >/dev/null 2>&1 || need="$need dbus-bin"
-command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
-if ! pkg-config --exists openssl 2>/dev/null; then need="$need libssl-dev"; fi
 command -v cc >/dev/null 2>&1 || need="$need gcc"
 [ -n "$need" ] || exit 0
 echo "webpushd: installing:$need" >&2

@@ -5,6 +5,8 @@
 //! appears in `Debug` output and is zeroed when dropped.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::sync::{Arc, OnceLock};
+
 use base64::Engine;
 use zeroize::Zeroizing;
 
@@ -39,6 +41,9 @@ pub struct SubscriptionKeys {
     private: Zeroizing<Vec<u8>>,
     public: Vec<u8>,
     auth: Zeroizing<Vec<u8>>,
+    /// The private key parsed for ECDH, on the first message; shared by clones (the
+    /// daemon clones the keys for each message it decrypts).
+    parsed: Arc<OnceLock<Option<Arc<backend::StaticKey>>>>,
 }
 
 impl std::fmt::Debug for SubscriptionKeys {
@@ -59,6 +64,7 @@ impl SubscriptionKeys {
             private: pad_scalar(comps.private_key())?,
             public: comps.public_key().to_vec(),
             auth: Zeroizing::new(auth.to_vec()),
+            parsed: Arc::default(),
         })
     }
 
@@ -89,6 +95,7 @@ impl SubscriptionKeys {
             private,
             public,
             auth,
+            parsed: Arc::default(),
         })
     }
 
@@ -107,11 +114,17 @@ impl SubscriptionKeys {
     fn components(&self) -> ece::EcKeyComponents {
         ece::EcKeyComponents::new(self.private.to_vec(), self.public.clone())
     }
+
+    fn parsed(&self) -> Option<Arc<backend::StaticKey>> {
+        self.parsed
+            .get_or_init(|| backend::StaticKey::parse(&self.private, &self.public))
+            .clone()
+    }
 }
 
-/// A P-256 private scalar as exactly 32 big-endian bytes. OpenSSL (through `ece`) hands
-/// out the minimal encoding, so about one key in 256 comes as 31 bytes (a leading zero
-/// byte dropped); rows stored that way by earlier versions are accepted and padded too.
+/// A P-256 private scalar as exactly 32 big-endian bytes. OpenSSL (through `ece`), which
+/// earlier versions used, handed out the minimal encoding, so about one key in 256 was
+/// stored as 31 bytes (a leading zero byte dropped); such rows are accepted and padded.
 fn pad_scalar(d: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     if d.is_empty() || d.len() > 32 {
         return Err(CryptoError::InvalidKey(format!(
@@ -124,53 +137,47 @@ fn pad_scalar(d: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     Ok(out)
 }
 
+/// The uncompressed public point of a P-256 private scalar (1-32 big-endian bytes).
+pub fn public_key_of(private: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let d = pad_scalar(private)?;
+    let key = backend::private_key(&d)
+        .map_err(|_| CryptoError::InvalidKey("not a P-256 private scalar".into()))?;
+    let public = key
+        .compute_public_key()
+        .map_err(|_| CryptoError::InvalidKey("not a P-256 private scalar".into()))?;
+    Ok(public.as_ref().to_vec())
+}
+
 /// The full check that `private` and `public` are one P-256 key pair.
 pub fn validate_pair(private: &[u8], public: &[u8]) -> Result<(), CryptoError> {
-    use openssl::bn::{BigNum, BigNumContext};
-    use openssl::ec::{EcKey, EcPoint};
-    let bad = |e: openssl::error::ErrorStack| CryptoError::InvalidKey(e.to_string());
-    let group = backend::p256().ok_or_else(no_p256)?;
-    let mut ctx = BigNumContext::new().map_err(bad)?;
-    let point = EcPoint::from_bytes(group, public, &mut ctx).map_err(bad)?;
-    let d = BigNum::from_slice(private).map_err(bad)?;
-    let key = EcKey::from_private_components(group, &d, &point).map_err(bad)?;
-    key.check_key().map_err(bad)
-}
-
-fn no_p256() -> CryptoError {
-    CryptoError::InvalidKey("P-256 is not available in this OpenSSL".into())
-}
-
-/// Decode a P-256 point: OpenSSL rejects points that are not on the curve. Cheap (no
-/// scalar multiplication, unlike `check_key`).
-fn point_on_curve(raw: &[u8]) -> Result<(), CryptoError> {
-    use openssl::bn::BigNumContext;
-    use openssl::ec::EcPoint;
-    let bad = |_| CryptoError::InvalidKey("public key is not a point on P-256".into());
-    // The curve is built once: startup loads every subscription's key.
-    let group = backend::p256().ok_or_else(no_p256)?;
-    let mut ctx = BigNumContext::new().map_err(bad)?;
-    EcPoint::from_bytes(group, raw, &mut ctx).map_err(bad)?;
+    point_on_curve(public)?;
+    if public_key_of(private)? != public {
+        return Err(CryptoError::InvalidKey(
+            "public key does not match the private key".into(),
+        ));
+    }
     Ok(())
+}
+
+/// Decode a P-256 point and check that it is on the curve. Cheap (no scalar
+/// multiplication): startup loads every subscription's key.
+fn point_on_curve(raw: &[u8]) -> Result<(), CryptoError> {
+    backend::public_key(raw)
+        .map(drop)
+        .map_err(|_| CryptoError::InvalidKey("public key is not a point on P-256".into()))
 }
 
 /// Check an application server (VAPID) key: a 65-byte uncompressed point on P-256.
 pub fn validate_public_key(raw: &[u8]) -> Result<(), CryptoError> {
-    use openssl::bn::BigNumContext;
-    use openssl::ec::{EcKey, EcPoint};
     if raw.len() != PUBLIC_KEY_LEN || raw[0] != 4 {
         return Err(CryptoError::InvalidKey(format!(
             "expected a {PUBLIC_KEY_LEN}-byte uncompressed P-256 point, got {} bytes",
             raw.len()
         )));
     }
-    let bad = |_| CryptoError::InvalidKey("not a point on P-256".into());
-    let group = backend::p256().ok_or_else(no_p256)?;
-    let mut ctx = BigNumContext::new().map_err(bad)?;
-    let point = EcPoint::from_bytes(group, raw, &mut ctx).map_err(bad)?;
-    EcKey::from_public_key(group, &point)
-        .and_then(|k| k.check_key())
-        .map_err(bad)
+    backend::public_key(raw)
+        .map(drop)
+        .map_err(|_| CryptoError::InvalidKey("not a point on P-256".into()))
 }
 
 /// How a message body is encrypted, from the notification's `headers`.
@@ -257,13 +264,16 @@ pub fn decrypt(
 ) -> Result<Vec<u8>, CryptoError> {
     backend::install();
     let comps = keys.components();
+    let parsed = keys.parsed();
     // `ece` has internal `unwrap`s; a hostile body must never take the daemon down.
-    let result = std::panic::catch_unwind(|| match encoding {
-        Encoding::Aes128gcm => ece::decrypt(&comps, keys.auth(), body),
-        Encoding::Aesgcm { salt, dh, rs } => {
-            let block = ece::legacy::AesGcmEncryptedBlock::new(dh, salt, *rs, body.to_vec())?;
-            ece::legacy::decrypt_aesgcm(&comps, keys.auth(), &block)
-        }
+    let result = std::panic::catch_unwind(|| {
+        backend::with_static_key(parsed, || match encoding {
+            Encoding::Aes128gcm => ece::decrypt(&comps, keys.auth(), body),
+            Encoding::Aesgcm { salt, dh, rs } => {
+                let block = ece::legacy::AesGcmEncryptedBlock::new(dh, salt, *rs, body.to_vec())?;
+                ece::legacy::decrypt_aesgcm(&comps, keys.auth(), &block)
+            }
+        })
     });
     match result {
         Ok(Ok(plain)) => Ok(plain),
@@ -403,6 +413,38 @@ mod tests {
     }
 
     #[test]
+    fn pairs_are_checked_in_full() {
+        let k = SubscriptionKeys::generate().unwrap();
+        validate_pair(k.private_key(), k.public_key()).unwrap();
+        assert_eq!(public_key_of(k.private_key()).unwrap(), k.public_key());
+        let other = SubscriptionKeys::generate().unwrap();
+        assert!(validate_pair(k.private_key(), other.public_key()).is_err());
+        // Zero and the group order are not private keys.
+        assert!(public_key_of(&[0u8; 32]).is_err());
+        let n = b64("_____wAAAAD__________7zm-q2nF56E87nKwvxjJVE").unwrap();
+        assert!(public_key_of(&n).is_err());
+    }
+
+    #[test]
+    fn clones_share_the_parsed_key() {
+        // The daemon decrypts with a clone of the keys it holds: the parse must stick.
+        let keys = SubscriptionKeys::generate().unwrap();
+        let enc = encrypt(keys.public_key(), keys.auth(), b"once", false).unwrap();
+        assert!(keys.parsed.get().is_none());
+        let copy = keys.clone();
+        assert_eq!(
+            decrypt(&copy, &Encoding::Aes128gcm, &enc.body).unwrap(),
+            b"once"
+        );
+        assert!(matches!(keys.parsed.get(), Some(Some(_))));
+        // A damaged scalar is not cached as a key and still fails as a decryption error.
+        let bad =
+            SubscriptionKeys::from_parts(vec![0; 32], keys.public.clone(), keys.auth.to_vec())
+                .unwrap();
+        assert!(decrypt(&bad, &Encoding::Aes128gcm, &enc.body).is_err());
+    }
+
+    #[test]
     fn short_private_scalars_are_padded_and_still_decrypt() {
         // Find a key whose scalar has a leading zero byte (about one in 256).
         let keys = loop {
@@ -424,6 +466,33 @@ mod tests {
             decrypt(&again, &Encoding::Aes128gcm, &enc.body).unwrap(),
             b"zero"
         );
+    }
+
+    /// Per-call cost of the hot path, for comparing crypto backends on one machine:
+    /// `cargo test --release --lib -- --ignored --nocapture timing_`. The best of five
+    /// rounds, so other work on the machine inflates it less.
+    #[test]
+    #[ignore]
+    fn timing_decrypt_aes128gcm_3k() {
+        let keys = SubscriptionKeys::generate().unwrap();
+        let plain = vec![b'x'; 3 * 1024];
+        let bodies: Vec<Vec<u8>> = (0..200)
+            .map(|_| {
+                encrypt(keys.public_key(), keys.auth(), &plain, false)
+                    .unwrap()
+                    .body
+            })
+            .collect();
+        let best = (0..5)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                for body in &bodies {
+                    std::hint::black_box(decrypt(&keys, &Encoding::Aes128gcm, body).unwrap());
+                }
+                t.elapsed().as_secs_f64() * 1e6 / bodies.len() as f64
+            })
+            .fold(f64::INFINITY, f64::min);
+        println!("timing crypto::decrypt aes128gcm 3 KiB: {best:.1} µs");
     }
 
     #[test]

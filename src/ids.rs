@@ -196,7 +196,7 @@ impl fmt::Display for MessageId {
 /// version), so a copy the server sends again (its ack was lost, or the commit failed after
 /// the app had been told) carries the same id and the app can recognise it.
 pub fn message_id(channel: &ChannelId, version: &str) -> MessageId {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(b"webpushd message id\0");
     ctx.update(channel.as_str().as_bytes());
     ctx.update(b"\0");

@@ -3,24 +3,26 @@
 //!
 //! Both sides live here: `pushctl send` signs with [`sign_jwt`] / [`authorization_header`],
 //! and the embedded push server (`crate::server`) checks with [`parse_authorization`] and
-//! [`verify_jwt`]. Pure functions over bytes and strings on top of `openssl`: no I/O, no
-//! logging, and no error message ever carries key material or a whole token.
+//! [`verify_jwt`]. Pure functions over bytes and strings on top of aws-lc-rs (ECDSA P-256
+//! with SHA-256) and `rustls-pki-types` (PEM): no I/O, no logging, and no error message
+//! ever carries key material or a whole token.
 
 use std::fmt;
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, EcdsaSigningAlgorithm, KeyPair as _, ParsedPublicKey, ECDSA_P256_SHA256_FIXED,
+    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING,
+    ECDSA_P521_SHA512_FIXED_SIGNING,
+};
 use base64::alphabet;
 use base64::engine::general_purpose::{
-    GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD, URL_SAFE_NO_PAD,
+    GeneralPurpose, GeneralPurposeConfig, STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD,
 };
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use openssl::bn::{BigNum, BigNumContext};
-use openssl::ec::{EcGroup, EcKey, EcPoint, PointConversionForm};
-use openssl::ecdsa::EcdsaSig;
-use openssl::error::ErrorStack;
-use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private, Public};
-use openssl::sha::sha256;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::PrivateKeyDer;
 use serde_json::Value;
 
 /// The longest JWT we look at; real ones are a few hundred bytes.
@@ -37,8 +39,8 @@ const B64URL_LENIENT: GeneralPurpose = GeneralPurpose::new(
 /// Why a VAPID operation failed. Messages name the problem, never the key or token.
 #[derive(Debug, thiserror::Error)]
 pub enum VapidError {
-    #[error("OpenSSL error: {0}")]
-    Openssl(#[from] ErrorStack),
+    #[error("the crypto library failed")]
+    Crypto,
     #[error("not a PEM-encoded EC private key")]
     InvalidPem,
     #[error("the key is not on the P-256 curve")]
@@ -71,7 +73,7 @@ pub enum VapidError {
 
 /// An application server's P-256 signing key.
 pub struct VapidKey {
-    key: EcKey<Private>,
+    key: EcdsaKeyPair,
 }
 
 /// Only the public half is shown.
@@ -83,54 +85,73 @@ impl fmt::Debug for VapidKey {
     }
 }
 
-fn p256() -> Result<EcGroup, ErrorStack> {
-    EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)
-}
+const P256: &EcdsaSigningAlgorithm = &ECDSA_P256_SHA256_FIXED_SIGNING;
 
 impl VapidKey {
     pub fn generate() -> Result<Self, VapidError> {
-        let group = p256()?;
         Ok(VapidKey {
-            key: EcKey::generate(&group)?,
+            key: EcdsaKeyPair::generate(P256).map_err(|_| VapidError::Crypto)?,
         })
     }
 
-    /// Reads a traditional `EC PRIVATE KEY` or a PKCS#8 `PRIVATE KEY` PEM block.
+    /// Reads a traditional (SEC1) `EC PRIVATE KEY` or a PKCS#8 `PRIVATE KEY` PEM block;
+    /// other blocks before it (OpenSSL's `EC PARAMETERS`) are skipped.
     pub fn from_pem(pem: &[u8]) -> Result<Self, VapidError> {
-        let pkey = PKey::private_key_from_pem(pem).map_err(|_| VapidError::InvalidPem)?;
-        let key = pkey.ec_key().map_err(|_| VapidError::InvalidPem)?;
-        if key.group().curve_name() != Some(Nid::X9_62_PRIME256V1) {
-            return Err(VapidError::WrongCurve);
+        let der = PrivateKeyDer::from_pem_slice(pem).map_err(|_| VapidError::InvalidPem)?;
+        let der = match &der {
+            PrivateKeyDer::Sec1(k) => k.secret_sec1_der(),
+            PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der(),
+            _ => return Err(VapidError::InvalidPem),
+        };
+        // aws-lc checks the key (scalar in range, public point if present matches).
+        match EcdsaKeyPair::from_private_key_der(P256, der) {
+            Ok(key) => Ok(VapidKey { key }),
+            Err(_) => {
+                let other = [
+                    &ECDSA_P384_SHA384_FIXED_SIGNING,
+                    &ECDSA_P521_SHA512_FIXED_SIGNING,
+                ];
+                if other
+                    .into_iter()
+                    .any(|alg| EcdsaKeyPair::from_private_key_der(alg, der).is_ok())
+                {
+                    Err(VapidError::WrongCurve)
+                } else {
+                    Err(VapidError::InvalidPem)
+                }
+            }
         }
-        key.check_key().map_err(|_| VapidError::InvalidPem)?;
-        Ok(VapidKey { key })
     }
 
     /// PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
     pub fn to_pem(&self) -> Result<Vec<u8>, VapidError> {
-        let pkey = PKey::from_ec_key(self.key.clone())?;
-        Ok(pkey.private_key_to_pem_pkcs8()?)
+        let der = self.key.to_pkcs8v1().map_err(|_| VapidError::Crypto)?;
+        Ok(pem_encode("PRIVATE KEY", der.as_ref()))
     }
 
     /// The uncompressed public point, as it goes into `k=` and a register's `key`.
     pub fn public_raw(&self) -> [u8; 65] {
         let mut out = [0u8; 65];
-        let bytes = BigNumContext::new().and_then(|mut ctx| {
-            self.key.public_key().to_bytes(
-                self.key.group(),
-                PointConversionForm::UNCOMPRESSED,
-                &mut ctx,
-            )
-        });
-        // A valid P-256 key always encodes to 65 bytes; a failure here would be an
-        // allocation failure inside OpenSSL, which we cannot report from this signature.
-        if let Ok(bytes) = bytes {
-            if bytes.len() == out.len() {
-                out.copy_from_slice(&bytes);
-            }
+        let bytes = self.key.public_key().as_ref();
+        // A P-256 key always encodes to 65 bytes.
+        if bytes.len() == out.len() {
+            out.copy_from_slice(bytes);
         }
         out
     }
+}
+
+/// A PEM block: base64 in lines of 64 characters, as OpenSSL writes it. The DER is a
+/// secret here, so the intermediate text is zeroed when dropped.
+fn pem_encode(label: &str, der: &[u8]) -> Vec<u8> {
+    let b64 = zeroize::Zeroizing::new(STANDARD.encode(der));
+    let mut out = format!("-----BEGIN {label}-----\n").into_bytes();
+    for line in b64.as_bytes().chunks(64) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(format!("-----END {label}-----\n").as_bytes());
+    out
 }
 
 /// Signs a VAPID JWT: header `{"typ":"JWT","alg":"ES256"}`, claims `aud`, `exp`, `sub`,
@@ -140,10 +161,12 @@ pub fn sign_jwt(key: &VapidKey, aud: &str, sub: &str, exp_unix: u64) -> Result<S
     let claims = serde_json::json!({ "aud": aud, "exp": exp_unix, "sub": sub });
     let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
     let signing_input = format!("{header}.{claims}");
-    let sig = EcdsaSig::sign(&sha256(signing_input.as_bytes()), &key.key)?;
-    let mut raw = sig.r().to_vec_padded(32)?;
-    raw.extend_from_slice(&sig.s().to_vec_padded(32)?);
-    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(raw)))
+    // The FIXED algorithm gives the JWS form directly.
+    let sig = key
+        .key
+        .sign(&SystemRandom::new(), signing_input.as_bytes())
+        .map_err(|_| VapidError::Crypto)?;
+    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
 
 /// The RFC 8292 header value: `vapid t=<jwt>, k=<base64url public key>`.
@@ -290,15 +313,8 @@ pub fn verify_jwt(
         return Err(VapidError::BadSignature);
     }
     let key = public_ec_key(public_key)?;
-    let sig = EcdsaSig::from_private_components(
-        BigNum::from_slice(&sig[..32])?,
-        BigNum::from_slice(&sig[32..])?,
-    )?;
     let signing_input = &jwt[..header_b64.len() + 1 + claims_b64.len()];
-    if !sig
-        .verify(&sha256(signing_input.as_bytes()), &key)
-        .unwrap_or(false)
-    {
+    if key.verify_sig(signing_input.as_bytes(), &sig).is_err() {
         return Err(VapidError::BadSignature);
     }
 
@@ -337,17 +353,13 @@ pub fn validate_public_key(raw: &[u8]) -> Result<(), VapidError> {
     public_ec_key(raw).map(drop)
 }
 
-fn public_ec_key(raw: &[u8]) -> Result<EcKey<Public>, VapidError> {
+/// Only the uncompressed form (aws-lc would also take compressed points and X.509);
+/// decoding checks that the point is on P-256.
+fn public_ec_key(raw: &[u8]) -> Result<ParsedPublicKey, VapidError> {
     if raw.len() != 65 || raw[0] != 0x04 {
         return Err(VapidError::InvalidPublicKey);
     }
-    let group = p256()?;
-    let mut ctx = BigNumContext::new()?;
-    let point =
-        EcPoint::from_bytes(&group, raw, &mut ctx).map_err(|_| VapidError::InvalidPublicKey)?;
-    let key = EcKey::from_public_key(&group, &point).map_err(|_| VapidError::InvalidPublicKey)?;
-    key.check_key().map_err(|_| VapidError::InvalidPublicKey)?;
-    Ok(key)
+    ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, raw).map_err(|_| VapidError::InvalidPublicKey)
 }
 
 fn decode_json_part(part: &str, what: &'static str) -> Result<Value, VapidError> {
@@ -490,23 +502,87 @@ mod tests {
         let again = VapidKey::from_pem(&pem).unwrap();
         assert_eq!(again.public_raw(), key.public_raw());
 
-        let traditional = key.key.private_key_to_pem().unwrap();
-        assert!(String::from_utf8_lossy(&traditional).contains("BEGIN EC PRIVATE KEY"));
+        let traditional = pem_encode("EC PRIVATE KEY", sec1(&key.key).as_ref());
         assert_eq!(
             VapidKey::from_pem(&traditional).unwrap().public_raw(),
             key.public_raw()
         );
 
-        let p384 = EcKey::generate(&EcGroup::from_curve_name(Nid::SECP384R1).unwrap()).unwrap();
-        let err = VapidKey::from_pem(&p384.private_key_to_pem().unwrap()).unwrap_err();
+        let p384 = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
+        let err =
+            VapidKey::from_pem(&pem_encode("EC PRIVATE KEY", sec1(&p384).as_ref())).unwrap_err();
         assert!(matches!(err, VapidError::WrongCurve), "{err}");
+        let p384 = pem_encode("PRIVATE KEY", p384.to_pkcs8v1().unwrap().as_ref());
+        let err = VapidKey::from_pem(&p384).unwrap_err();
+        assert!(matches!(err, VapidError::WrongCurve), "{err}");
+    }
+
+    fn sec1(key: &EcdsaKeyPair) -> aws_lc_rs::encoding::EcPrivateKeyRfc5915Der<'static> {
+        use aws_lc_rs::encoding::AsDer as _;
+        key.private_key().as_der().unwrap()
+    }
+
+    /// Key files written by OpenSSL (`openssl ecparam -name prime256v1 -genkey`, and its
+    /// `openssl pkcs8 -topk8 -nocrypt` form), as users and earlier versions have them.
+    #[test]
+    fn openssl_written_pem_files_load() {
+        const SEC1: &str = "-----BEGIN EC PARAMETERS-----
+BggqhkjOPQMBBw==
+-----END EC PARAMETERS-----
+-----BEGIN EC PRIVATE KEY-----
+MHcCAQEEIHKU6YUCrps9vjL+RmcHrsQhUBaYDEXPGvD1C1fyH1ZWoAoGCCqGSM49
+AwEHoUQDQgAEfXxJsJ5AqBYh/s2Ook5Eb5cRKLjfCTZNUA6642mWTQQIXwsspkC6
+YXAHfi2QF5ypdFQx71efU22xwCIxKllZfA==
+-----END EC PRIVATE KEY-----
+";
+        const PKCS8: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgcpTphQKumz2+Mv5G
+ZweuxCFQFpgMRc8a8PULV/IfVlahRANCAAR9fEmwnkCoFiH+zY6iTkRvlxEouN8J
+Nk1QDrrjaZZNBAhfCyymQLphcAd+LZAXnKl0VDHvV59TbbHAIjEqWVl8
+-----END PRIVATE KEY-----
+";
+        // `openssl ec -pubout`, the point's 65 bytes.
+        const PUBLIC: &str =
+            "BH18SbCeQKgWIf7NjqJORG-XESi43wk2TVAOuuNplk0ECF8LLKZAumFwB34tkBecqXRUMe9Xn1NtscAiMSpZWXw";
+        let public = URL_SAFE_NO_PAD.decode(PUBLIC).unwrap();
+        for pem in [SEC1, PKCS8] {
+            let key = VapidKey::from_pem(pem.as_bytes()).unwrap();
+            assert_eq!(key.public_raw().to_vec(), public);
+            verify_jwt(&signed(&key), &public, AUD, NOW).unwrap();
+        }
+    }
+
+    /// RFC 7515 Appendix A.3: an ES256 JWS from another implementation verifies (its
+    /// claims have no `aud`, so the signature passed when that is what fails).
+    #[test]
+    fn rfc7515_es256_example_verifies() {
+        let x = URL_SAFE_NO_PAD
+            .decode("f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU")
+            .unwrap();
+        let y = URL_SAFE_NO_PAD
+            .decode("x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0")
+            .unwrap();
+        let public = [&[4u8][..], &x, &y].concat();
+        let jws = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q";
+        let err = verify_jwt(jws, &public, AUD, 1_300_819_380).unwrap_err();
+        assert!(matches!(err, VapidError::MissingAudience), "{err}");
+        let mut forged = jws.to_string();
+        forged.pop();
+        forged.push('A');
+        let err = verify_jwt(&forged, &public, AUD, 1_300_819_380).unwrap_err();
+        assert!(matches!(err, VapidError::BadSignature), "{err}");
     }
 
     #[test]
     fn debug_shows_no_private_key() {
         let key = VapidKey::generate().unwrap();
         let shown = format!("{key:?}");
-        let private = URL_SAFE_NO_PAD.encode(key.key.private_key().to_vec());
+        let private = {
+            use aws_lc_rs::encoding::AsBigEndian as _;
+            let d: aws_lc_rs::encoding::EcPrivateKeyBin<'_> =
+                key.key.private_key().as_be_bytes().unwrap();
+            URL_SAFE_NO_PAD.encode(d.as_ref())
+        };
         assert!(!shown.contains(&private));
         assert!(shown.contains(&URL_SAFE_NO_PAD.encode(key.public_raw())));
     }
@@ -523,6 +599,35 @@ mod tests {
         assert!(validate_public_key(&compressed_tag).is_err());
         assert!(validate_public_key(&[4u8; 64]).is_err());
         assert!(validate_public_key(&[]).is_err());
+    }
+
+    /// Per-call cost of signing and verifying, for comparing crypto backends on one
+    /// machine: `cargo test --release --lib -- --ignored --nocapture timing_`.
+    #[test]
+    #[ignore]
+    fn timing_sign_and_verify() {
+        let key = VapidKey::generate().unwrap();
+        let n = 200;
+        let best = |f: &mut dyn FnMut()| {
+            (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    for _ in 0..n {
+                        f();
+                    }
+                    t.elapsed().as_secs_f64() * 1e6 / n as f64
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let sign = best(&mut || {
+            std::hint::black_box(signed(&key));
+        });
+        let jwt = signed(&key);
+        let public = key.public_raw();
+        let verify = best(&mut || {
+            verify_jwt(&jwt, &public, AUD, NOW).unwrap();
+        });
+        println!("timing vapid::sign_jwt: {sign:.1} µs, vapid::verify_jwt: {verify:.1} µs");
     }
 
     #[test]

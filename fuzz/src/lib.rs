@@ -16,17 +16,7 @@ const AUTH: [u8; 16] = *b"fuzz-auth-secret";
 pub fn keys() -> &'static SubscriptionKeys {
     static KEYS: OnceLock<SubscriptionKeys> = OnceLock::new();
     KEYS.get_or_init(|| {
-        use openssl::bn::{BigNum, BigNumContext};
-        use openssl::ec::{EcGroup, EcPoint, PointConversionForm};
-        use openssl::nid::Nid;
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        let mut ctx = BigNumContext::new().unwrap();
-        let d = BigNum::from_slice(&PRIVATE).unwrap();
-        let mut point = EcPoint::new(&group).unwrap();
-        point.mul_generator2(&group, &d, &mut ctx).unwrap();
-        let public = point
-            .to_bytes(&group, PointConversionForm::UNCOMPRESSED, &mut ctx)
-            .unwrap();
+        let public = webpushd::crypto::public_key_of(&PRIVATE).unwrap();
         SubscriptionKeys::from_parts(PRIVATE.to_vec(), public, AUTH.to_vec()).unwrap()
     })
 }

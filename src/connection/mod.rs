@@ -230,7 +230,8 @@ pub fn spawn_gated(
     )
 }
 
-/// TLS with the system's trust store (rustls on ring, roots from `rustls-native-certs`).
+/// TLS with the system's trust store (rustls on aws-lc-rs, the daemon's one crypto
+/// library; roots from `rustls-native-certs`).
 pub fn system_tls() -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
@@ -243,7 +244,7 @@ pub fn system_tls() -> Result<Arc<rustls::ClientConfig>, String> {
             found.errors.len()
         ));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

@@ -1,40 +1,30 @@
-//! The primitives under `ece`'s RFC 8188 / RFC 8291 framing.
+//! The primitives under `ece`'s RFC 8188 / RFC 8291 framing, from aws-lc-rs.
 //!
-//! `ece`'s own OpenSSL backend imports the receiving key pair anew for every message
-//! (`EC_KEY_set_public_key_affine_coordinates`, which runs `EC_KEY_check_key`: a scalar
-//! multiplication, ~40 µs) and then derives through `EVP_PKEY_derive`, which exports both
-//! keys to the OpenSSL 3 provider (~85 µs for what is one ~33 µs point multiplication).
-//! Together that was ~150 µs of a 3 KiB message's ~160 µs. This backend keeps `ece` for
-//! everything that is Web Push (headers, salts, key schedule, records, padding) and supplies
-//! the primitives more directly:
+//! `ece` keeps everything that is Web Push (headers, salts, key schedule, records,
+//! padding); this backend supplies the primitives, all from the one crypto library the
+//! daemon links (aws-lc-rs, which is also rustls's provider):
 //!
-//! - ECDH is `EC_POINT_mul(peer, d)` and the x coordinate, which is what OpenSSL's own
-//!   `ECDH_compute_key` does for P-256 (cofactor 1) under `EVP_PKEY_derive`;
+//! - ECDH is `agreement::agree` with a static `agreement::PrivateKey`. Parsing a private
+//!   key computes its public point (a base-point multiplication, ~12 µs, a quarter of a
+//!   3 KiB message's cost), so a subscription's key is parsed once, on its first message,
+//!   and kept in its `SubscriptionKeys` ([`StaticKey`]); [`with_static_key`] hands it to
+//!   `import_key_pair` past `ece`'s API, which takes key bytes only;
 //! - a key pair is imported as bytes (the daemon checks every stored key at load);
-//! - HKDF-SHA-256 and AES-128-GCM come from `ring` (already linked for TLS).
+//! - HKDF-SHA-256, AES-128-GCM and random bytes come from aws-lc-rs too.
 //!
 //! `ece::crypto::test_cryptographer` (the crate's own conformance suite) and the RFC 8291
 //! example in `crypto::tests` check it.
 
 use std::any::Any;
-use std::sync::OnceLock;
+use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
 
+use aws_lc_rs::encoding::AsBigEndian;
+use aws_lc_rs::{aead, agreement, hkdf};
 use ece::crypto::{Cryptographer, EcKeyComponents, LocalKeyPair, RemotePublicKey};
-use openssl::bn::{BigNum, BigNumContext};
-use openssl::ec::{EcGroup, EcKey, EcPoint, PointConversionForm};
-use openssl::nid::Nid;
-use ring::{aead, hkdf};
 use zeroize::Zeroizing;
 
 use super::PUBLIC_KEY_LEN;
-
-/// P-256, built once: building the group costs ~8 µs.
-pub(super) fn p256() -> Option<&'static EcGroup> {
-    static GROUP: OnceLock<Option<EcGroup>> = OnceLock::new();
-    GROUP
-        .get_or_init(|| EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).ok())
-        .as_ref()
-}
 
 /// Install the backend for every `ece` call in this process. Idempotent.
 pub(super) fn install() {
@@ -47,15 +37,64 @@ pub(super) fn install() {
 
 struct Backend;
 
-/// A local key pair as bytes: the 32-byte scalar and the uncompressed public point.
+/// A parsed receiving key and the public point it belongs to.
+pub(super) struct StaticKey {
+    public: Vec<u8>,
+    key: agreement::PrivateKey,
+}
+
+impl StaticKey {
+    /// `None` when `d` is not a usable P-256 scalar (decryption then fails as before).
+    pub(super) fn parse(d: &[u8], public: &[u8]) -> Option<Arc<StaticKey>> {
+        let key = private_key(d).ok()?;
+        Some(Arc::new(StaticKey {
+            public: public.to_vec(),
+            key,
+        }))
+    }
+}
+
+thread_local! {
+    /// The receiving key of the message this thread is decrypting, if already parsed.
+    static CURRENT: RefCell<Option<Arc<StaticKey>>> = const { RefCell::new(None) };
+}
+
+/// Run `f` (an `ece` decryption) with `key` offered to `import_key_pair`, which takes it
+/// when the public point matches the components `ece` passes.
+pub(super) fn with_static_key<R>(key: Option<Arc<StaticKey>>, f: impl FnOnce() -> R) -> R {
+    /// Clears the slot however `f` ends, a panic included.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.borrow_mut().take());
+        }
+    }
+    CURRENT.with(|c| *c.borrow_mut() = key);
+    let _reset = Reset;
+    f()
+}
+
+/// A local key pair: the 32-byte scalar and the uncompressed public point, and the
+/// parsed private key once it has been needed.
 struct LocalKey {
     d: Zeroizing<Vec<u8>>,
     public: Vec<u8>,
+    key: OnceLock<Option<Arc<StaticKey>>>,
+}
+
+impl LocalKey {
+    fn private(&self) -> ece::Result<&agreement::PrivateKey> {
+        self.key
+            .get_or_init(|| StaticKey::parse(&self.d, &self.public))
+            .as_ref()
+            .map(|k| &k.key)
+            .ok_or(ece::Error::CryptoError)
+    }
 }
 
 /// A peer's public key, checked to be on the curve when imported.
 struct RemoteKey {
-    raw: Vec<u8>,
+    parsed: agreement::ParsedPublicKey,
 }
 
 impl LocalKeyPair for LocalKey {
@@ -72,7 +111,7 @@ impl LocalKeyPair for LocalKey {
 
 impl RemotePublicKey for RemoteKey {
     fn as_raw(&self) -> ece::Result<Vec<u8>> {
-        Ok(self.raw.clone())
+        Ok(self.parsed.as_ref().to_vec())
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -83,41 +122,71 @@ fn fail<E>(_: E) -> ece::Error {
     ece::Error::CryptoError
 }
 
-/// Decode an uncompressed point, refusing anything not on P-256.
-fn point(raw: &[u8], ctx: &mut BigNumContext) -> ece::Result<EcPoint> {
-    let group = p256().ok_or(ece::Error::CryptoError)?;
+/// A P-256 private scalar (exactly 32 big-endian bytes) as an ECDH key. aws-lc refuses
+/// zero and scalars not below the group order.
+pub(super) fn private_key(
+    d: &[u8],
+) -> Result<agreement::PrivateKey, aws_lc_rs::error::KeyRejected> {
+    agreement::PrivateKey::from_private_key(&agreement::ECDH_P256, d)
+}
+
+/// Decode an uncompressed point, refusing anything not on P-256 (aws-lc also takes the
+/// compressed and X.509 forms; Web Push has only this one).
+pub(super) fn public_key(raw: &[u8]) -> ece::Result<agreement::ParsedPublicKey> {
     if raw.len() != PUBLIC_KEY_LEN || raw[0] != 4 {
         return Err(ece::Error::InvalidKeyLength);
     }
-    EcPoint::from_bytes(group, raw, ctx).map_err(fail)
+    agreement::ParsedPublicKey::try_from(&agreement::UnparsedPublicKey::new(
+        &agreement::ECDH_P256,
+        raw,
+    ))
+    .map_err(fail)
+}
+
+/// A new P-256 key pair as (32-byte scalar, 65-byte uncompressed point).
+pub(super) fn generate() -> ece::Result<(agreement::PrivateKey, Zeroizing<Vec<u8>>, Vec<u8>)> {
+    let key = agreement::PrivateKey::generate(&agreement::ECDH_P256).map_err(fail)?;
+    let public = key.compute_public_key().map_err(fail)?.as_ref().to_vec();
+    let d =
+        AsBigEndian::<aws_lc_rs::encoding::EcPrivateKeyBin<'_>>::as_be_bytes(&key).map_err(fail)?;
+    // Always 32 bytes, leading zeros kept.
+    let d = Zeroizing::new(d.as_ref().to_vec());
+    Ok((key, d, public))
 }
 
 impl Cryptographer for Backend {
     fn generate_ephemeral_keypair(&self) -> ece::Result<Box<dyn LocalKeyPair>> {
-        let group = p256().ok_or(ece::Error::CryptoError)?;
-        let key = EcKey::generate(group).map_err(fail)?;
-        let mut ctx = BigNumContext::new().map_err(fail)?;
-        let public = key
-            .public_key()
-            .to_bytes(group, PointConversionForm::UNCOMPRESSED, &mut ctx)
-            .map_err(fail)?;
-        // Always 32 bytes: the minimal encoding drops leading zeros (one key in 256).
-        let d = Zeroizing::new(key.private_key().to_vec_padded(32).map_err(fail)?);
-        Ok(Box::new(LocalKey { d, public }))
+        let (key, d, public) = generate()?;
+        let key = Arc::new(StaticKey {
+            public: public.clone(),
+            key,
+        });
+        Ok(Box::new(LocalKey {
+            d,
+            public,
+            key: OnceLock::from(Some(key)),
+        }))
     }
 
     fn import_key_pair(&self, c: &EcKeyComponents) -> ece::Result<Box<dyn LocalKeyPair>> {
         // `ece::decrypt` unwraps this result: refuse nothing here, fail in the ECDH.
+        let key = OnceLock::new();
+        if let Some(k) = CURRENT.with(|c| c.borrow().clone()) {
+            if k.public == c.public_key() {
+                let _ = key.set(Some(k));
+            }
+        }
         Ok(Box::new(LocalKey {
             d: Zeroizing::new(c.private_key().to_vec()),
             public: c.public_key().to_vec(),
+            key,
         }))
     }
 
     fn import_public_key(&self, raw: &[u8]) -> ece::Result<Box<dyn RemotePublicKey>> {
-        let mut ctx = BigNumContext::new().map_err(fail)?;
-        point(raw, &mut ctx)?;
-        Ok(Box::new(RemoteKey { raw: raw.to_vec() }))
+        Ok(Box::new(RemoteKey {
+            parsed: public_key(raw)?,
+        }))
     }
 
     fn compute_ecdh_secret(
@@ -133,29 +202,15 @@ impl Cryptographer for Backend {
             .as_any()
             .downcast_ref::<LocalKey>()
             .ok_or(ece::Error::CryptoError)?;
-        let group = p256().ok_or(ece::Error::CryptoError)?;
-        if local.d.is_empty() || local.d.len() > 32 {
+        if local.d.len() != 32 {
             return Err(ece::Error::InvalidKeyLength);
         }
-        let mut ctx = BigNumContext::new().map_err(fail)?;
-        let peer = point(&remote.raw, &mut ctx)?;
-        let d = BigNum::from_slice(&local.d).map_err(fail)?;
-        let mut order = BigNum::new().map_err(fail)?;
-        group.order(&mut order, &mut ctx).map_err(fail)?;
-        if d.num_bits() == 0 || d >= order {
-            return Err(ece::Error::CryptoError);
-        }
-        let mut shared = EcPoint::new(group).map_err(fail)?;
-        shared.mul2(group, &peer, &d, &mut ctx).map_err(fail)?;
-        if shared.is_infinity(group) {
-            return Err(ece::Error::CryptoError);
-        }
-        let mut x = BigNum::new().map_err(fail)?;
-        let mut y = BigNum::new().map_err(fail)?;
-        shared
-            .affine_coordinates(group, &mut x, &mut y, &mut ctx)
-            .map_err(fail)?;
-        x.to_vec_padded(32).map_err(fail)
+        agreement::agree(
+            local.private()?,
+            remote.parsed.clone(),
+            ece::Error::CryptoError,
+            |x| Ok(x.to_vec()),
+        )
     }
 
     fn hkdf_sha256(
@@ -206,7 +261,7 @@ impl Cryptographer for Backend {
     }
 
     fn random_bytes(&self, dest: &mut [u8]) -> ece::Result<()> {
-        openssl::rand::rand_bytes(dest).map_err(fail)
+        aws_lc_rs::rand::fill(dest).map_err(fail)
     }
 }
 

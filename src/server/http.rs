@@ -186,7 +186,9 @@ async fn push(
         let (_, key) = vapid
             .as_ref()
             .ok_or_else(|| unauthorized("Missing VAPID public key"))?;
-        if !openssl::memcmp::eq(&openssl::sha::sha256(key), &expected) {
+        if aws_lc_rs::constant_time::verify_slices_are_equal(&super::sha256(key), &expected)
+            .is_err()
+        {
             return Err(unauthorized("VAPID public key mismatch").into());
         }
     }

@@ -27,12 +27,9 @@ use std::time::Duration;
 
 use crate::clock::{now_ms, now_unix};
 
+use aws_lc_rs::{digest, hmac};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::sign::Signer;
-use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -107,8 +104,6 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("push rejected: {0}")]
     Rejected(Rejection),
-    #[error("internal error: {0}")]
-    Internal(#[from] openssl::error::ErrorStack),
 }
 
 /// Why a push was refused, as autoendpoint answers it (status, errno, message).
@@ -224,7 +219,8 @@ pub struct ServerStats {
 pub(crate) struct Shared {
     opts: ServerOptions,
     http_base: String,
-    secret: Vec<u8>,
+    /// HMAC-SHA-256 with the server secret: endpoint tokens.
+    mac_key: hmac::Key,
     store: Mutex<Store>,
     clients: Arc<Registry>,
     stats: Mutex<ServerStats>,
@@ -280,7 +276,7 @@ impl PushServer {
         let shared = Arc::new(Shared {
             http_base: format!("http://{http_addr}"),
             opts,
-            secret,
+            mac_key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
             store: Mutex::new(store),
             clients,
             stats: Mutex::new(ServerStats::default()),
@@ -423,9 +419,22 @@ pub(crate) fn short(uaid: &str) -> &str {
 }
 
 fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
+    URL_SAFE_NO_PAD.encode(random_bytes::<16>())
+}
+
+/// Bytes from the system's secure random source (through aws-lc).
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // Fails only if the kernel's getrandom does, which nothing here can recover from.
+    aws_lc_rs::rand::fill(&mut bytes).expect("system random source");
+    bytes
+}
+
+/// SHA-256 of `data`: a v2 endpoint names its VAPID key by this hash.
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, data).as_ref());
+    out
 }
 
 /// What an endpoint token names.
@@ -468,10 +477,10 @@ impl Shared {
         token.extend_from_slice(&uaid);
         token.extend_from_slice(&chid);
         if let Some(key) = key {
-            token.extend_from_slice(&openssl::sha::sha256(key));
+            token.extend_from_slice(&sha256(key));
         }
-        let mac = self.mac(&token)?;
-        token.extend_from_slice(&mac[..TOKEN_MAC_LEN]);
+        let mac = self.mac(&token);
+        token.extend_from_slice(&mac.as_ref()[..TOKEN_MAC_LEN]);
         let version = if key.is_some() { 2 } else { 1 };
         Ok(format!(
             "{}/wpush/v{version}/{}",
@@ -480,11 +489,8 @@ impl Shared {
         ))
     }
 
-    fn mac(&self, data: &[u8]) -> Result<Vec<u8>, openssl::error::ErrorStack> {
-        let key = PKey::hmac(&self.secret)?;
-        let mut signer = Signer::new(MessageDigest::sha256(), &key)?;
-        signer.update(data)?;
-        signer.sign_to_vec()
+    fn mac(&self, data: &[u8]) -> hmac::Tag {
+        hmac::sign(&self.mac_key, data)
     }
 
     /// Checks a token from a `/wpush/v<version>/` path; `None` for anything not ours.
@@ -502,10 +508,9 @@ impl Shared {
             return None;
         }
         let (body, mac) = raw.split_at(body_len);
-        let expected = self.mac(body).ok()?;
-        if !openssl::memcmp::eq(&expected[..TOKEN_MAC_LEN], mac) {
-            return None;
-        }
+        let expected = self.mac(body);
+        aws_lc_rs::constant_time::verify_slices_are_equal(&expected.as_ref()[..TOKEN_MAC_LEN], mac)
+            .ok()?;
         let uaid = uuid::Uuid::from_slice(&body[..16]).ok()?;
         let channel = uuid::Uuid::from_slice(&body[16..32]).ok()?;
         let key_hash = body.get(32..64).and_then(|h| <[u8; 32]>::try_from(h).ok());
@@ -901,7 +906,7 @@ mod tests {
         assert!(v2.contains("/wpush/v2/"));
         assert_eq!(
             shared.parse_token(2, token2).unwrap().key_hash,
-            Some(openssl::sha::sha256(&key))
+            Some(sha256(&key))
         );
 
         // Flip one bit anywhere: rejected.

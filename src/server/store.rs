@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rand::RngCore;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
 const SCHEMA_VERSION: i64 = 1;
@@ -166,8 +165,7 @@ impl Store {
         if let Some(secret) = existing.filter(|s| s.len() >= 32) {
             return Ok(secret);
         }
-        let mut secret = vec![0u8; 32];
-        rand::thread_rng().fill_bytes(&mut secret);
+        let secret = super::random_bytes::<32>().to_vec();
         self.conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('secret', ?1)",
             params![secret],
