@@ -485,6 +485,7 @@ fn batch_item(rec: &SubscriptionRecord, id: i64, seq: u64, payload: &[u8]) -> Ba
             ttl: 3600,
             topic: String::new(),
             urgency: "normal".into(),
+            shown: false,
         }),
     }
 }

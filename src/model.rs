@@ -51,6 +51,8 @@ pub struct StoredMessage {
     pub ttl: u32,
     pub topic: String,
     pub urgency: String,
+    /// The daemon showed it as a desktop notification (declarative Web Push).
+    pub shown: bool,
 }
 
 /// Records for tests of the code that keeps and handles them.
@@ -94,6 +96,7 @@ pub(crate) mod examples {
             ttl: 60,
             topic: String::new(),
             urgency: "normal".into(),
+            shown: false,
         }
     }
 }

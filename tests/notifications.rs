@@ -1328,3 +1328,57 @@ async fn pushctl_send_with_a_title_is_shown_and_its_action_opens() {
         ["https://notes.example/t?via=action"]
     );
 }
+
+/// Whether each pending message says it was shown, as `FetchMessages` tells the app.
+async fn fetched_shown(app: &App, scope: &str) -> Vec<(Vec<u8>, bool)> {
+    app.manager
+        .fetch_messages(scope)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, payload, meta)| {
+            let shown = matches!(
+                meta.get("notification_shown").map(|v| &**v),
+                Some(Value::Bool(true))
+            );
+            (payload.into_vec(), shown)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_shown_while_the_app_was_away_says_so_when_fetched() {
+    let w = W::new(Setup {
+        config: "[notifications]\nmutable_grace = \"300ms\"\n",
+        ..Default::default()
+    })
+    .await;
+    let notes = Notes::start(&w.bus).await;
+    let sub = notes.app.subscribe("inbox").await;
+    // Mutable, the app running but not taking it: the daemon shows it after the grace.
+    let mut late = declarative("Late", "https://notes.example/late");
+    late["mutable"] = json!(true);
+    send(&sub, &late).await;
+    w.n().wait_for("Late").await;
+    notes.app.conn.close().await.unwrap();
+    away(&w, &sub).await;
+    // Shown at once while the app is away; away's ordinary message is not shown.
+    let shown = declarative("While away", "https://notes.example/away");
+    send(&sub, &shown).await;
+    w.n().wait_for("While away").await;
+    // The app comes back and fetches: it need not show the two again.
+    let back = w.bus.app(NOTES).await;
+    let got = eventually("three pending", || async {
+        let v = fetched_shown(&back, "inbox").await;
+        (v.len() == 3).then_some(v)
+    })
+    .await;
+    assert_eq!(
+        got,
+        [
+            (late.to_string().into_bytes(), true),
+            (b"are you there?".to_vec(), false),
+            (shown.to_string().into_bytes(), true),
+        ]
+    );
+}

@@ -60,7 +60,8 @@ pub fn subscription_id_from_path(path: &ObjectPath<'_>) -> Result<i64, Error> {
         .ok_or_else(|| Error::NotFound(format!("{path} is not a subscription")))
 }
 
-/// `received_at` (ms), `topic`, `urgency`, `ttl` (seconds the daemon keeps it).
+/// `received_at` (ms), `topic`, `urgency`, `ttl` (seconds the daemon keeps it), and
+/// `notification_shown` (true) once the daemon has shown it as a desktop notification.
 pub fn message_meta(m: &StoredMessage) -> HashMap<String, OwnedValue> {
     let mut meta = HashMap::new();
     let mut put = |k: &str, v: Value<'_>| {
@@ -70,6 +71,9 @@ pub fn message_meta(m: &StoredMessage) -> HashMap<String, OwnedValue> {
     put("topic", Value::from(m.topic.as_str()));
     put("urgency", Value::from(m.urgency.as_str()));
     put("ttl", Value::from(m.ttl));
+    if m.shown {
+        put("notification_shown", Value::from(true));
+    }
     meta
 }
 

@@ -220,6 +220,9 @@ impl Push {
                 && self.delivery.rate_ok(&self.policy, app)
             {
                 debug!(subscription = w.subscription, message = %message_id, "the app did not take a mutable message: showing it");
+                if let Err(e) = self.store.mark_shown(w.subscription, &message_id) {
+                    error!(error = %e, "cannot note a message as shown");
+                }
                 self.emit(DomainEvent::ShowNotification {
                     subscription: SubscriptionInfo::from_record(rec),
                     declarative: w.declarative,

@@ -202,7 +202,11 @@ fn plan_message(
         }
     }
     let (ack, message) = match decrypted {
-        Ok(payload) => (Ack::Delivered, Some(stored(&n, t.id, payload, clock))),
+        Ok(payload) => {
+            let mut m = stored(&n, t.id, payload, clock);
+            m.shown = matches!(presentation, Presentation::Show(_));
+            (Ack::Delivered, Some(m))
+        }
         Err(e) => {
             let ack = failed_ack(t.kind, &e);
             match t.kind {
@@ -284,6 +288,7 @@ fn stored(n: &Notification, subscription: i64, payload: Vec<u8>, clock: Clock) -
         ttl: clock.ttl,
         topic: header("topic").unwrap_or_default(),
         urgency: header("urgency").unwrap_or_else(|| "normal".into()),
+        shown: false,
     }
 }
 

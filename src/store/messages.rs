@@ -81,8 +81,8 @@ impl Store {
             )?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO messages (id, subscription_id, channel_id, version, payload, received,
-                     ttl, topic, urgency)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     ttl, topic, urgency, shown)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for item in items {
                 let fresh =
@@ -112,7 +112,8 @@ impl Store {
                         m.received,
                         m.ttl,
                         m.topic,
-                        m.urgency
+                        m.urgency,
+                        m.shown
                     ])?;
                     if !touched.contains(&m.subscription_id) {
                         touched.push(m.subscription_id);
@@ -150,7 +151,8 @@ impl Store {
 
     pub fn pending(&self, subscription_id: i64) -> Result<Vec<StoredMessage>, StoreError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT id, subscription_id, channel_id, version, payload, received, ttl, topic, urgency
+            "SELECT id, subscription_id, channel_id, version, payload, received, ttl, topic, urgency,
+                 shown
              FROM messages WHERE subscription_id = ?1 ORDER BY received, rowid",
         )?;
         let rows = st.query_map([subscription_id], |r| {
@@ -164,11 +166,12 @@ impl Store {
                 r.get::<_, u32>(6)?,
                 r.get::<_, String>(7)?,
                 r.get::<_, String>(8)?,
+                r.get::<_, bool>(9)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, sub, ch, version, payload, received, ttl, topic, urgency) = row?;
+            let (id, sub, ch, version, payload, received, ttl, topic, urgency, shown) = row?;
             out.push(StoredMessage {
                 id: id.into(),
                 subscription_id: sub,
@@ -180,6 +183,7 @@ impl Store {
                 ttl,
                 topic,
                 urgency,
+                shown,
             });
         }
         Ok(out)
@@ -201,6 +205,14 @@ impl Store {
             .conn
             .prepare_cached("SELECT count(*) FROM messages WHERE subscription_id = ?1")?
             .query_row([subscription_id], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// The daemon showed a pending message as a desktop notification.
+    pub fn mark_shown(&self, subscription_id: i64, message_id: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE messages SET shown = 1 WHERE subscription_id = ?1 AND id = ?2")?
+            .execute(params![subscription_id, message_id])?;
+        Ok(())
     }
 
     /// Forget a message the app acknowledged; `false` if there was none.

@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/002.sql"),
     include_str!("migrations/003.sql"),
     include_str!("migrations/004.sql"),
+    include_str!("migrations/005.sql"),
 ];
 
 pub const CURRENT: i64 = MIGRATIONS.len() as i64;
@@ -74,6 +75,8 @@ mod tests {
         let pending = store.pending(7).unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].payload, b"hello");
+        // Version 5: not shown as a notification.
+        assert!(!pending[0].shown);
     }
 
     #[test]
