@@ -7,7 +7,7 @@
 # The .deb lands in target/debian/. Its contents are declared in Cargo.toml
 # under [package.metadata.deb]; the shell completions listed there are generated
 # here from the built pushctl, since cargo-deb cannot run it.
-# Needs: cargo, rustc, gcc, pkg-config, libssl-dev, dpkg-dev (for $auto
+# Needs: cargo, rustc, gcc, dpkg-dev (for $auto
 # dependencies), and cargo-deb (installed on first use).
 set -eu
 
