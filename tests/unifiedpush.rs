@@ -354,3 +354,60 @@ async fn what_the_body_alone_cannot_carry_is_acknowledged_not_forwarded() {
     );
     assert!(log.contains("aesgcm"), "{log}");
 }
+
+/// Each message keeps its own back-off: one that gets through does not make the daemon
+/// forget an earlier one that failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivered_message_does_not_cancel_the_retry_of_one_that_failed() {
+    let w = World::new().await;
+    let name = "org.example.UpRetry";
+    let record = w.dir.path().join("upretry.jsonl");
+    let keys = SubscriptionKeys::generate().unwrap();
+    tokio::task::block_in_place(|| register(&w.bus, name, &record, "t", &[]));
+    let endpoint = registered_endpoint(&record, 1).await;
+    // Already running when the messages come (its arrival on the bus would deliver
+    // everything pending at once).
+    let mut connector = Command::new(connector_bin())
+        .args(["--name", name, "--record", record.to_str().unwrap()])
+        .args(["--fail-first", "1", "--idle", "30"])
+        .env("DBUS_SESSION_BUS_ADDRESS", &w.bus.address)
+        .spawn()
+        .unwrap();
+    let observer = App::new(w.bus.connect().await).await;
+    eventually("the daemon to see the connector", || async {
+        let s = observer.admin.status().await.ok()?;
+        let n: u64 = s.get("apps_connected")?.try_into().ok()?;
+        (n == 1).then_some(())
+    })
+    .await;
+    let first = crypto::encrypt(keys.public_key(), keys.auth(), b"first", false).unwrap();
+    let second = crypto::encrypt(keys.public_key(), keys.auth(), b"second", false).unwrap();
+    assert_eq!(post_raw(&endpoint, &first).await, 201);
+    wait_call(&record, "the refused first Message", |c| {
+        c["refused"] == true
+    })
+    .await;
+    // The second gets through while the first waits for its retry.
+    assert_eq!(post_raw(&endpoint, &second).await, 201);
+    let body = |c: &serde_json::Value| {
+        c["method"] == "Message"
+            && c["message"]
+                .as_str()
+                .and_then(|m| crypto::b64(m).ok())
+                .is_some()
+    };
+    wait_call(&record, "the second Message", |c| {
+        body(c) && crypto::b64(c["message"].as_str().unwrap()).unwrap() == second.body
+    })
+    .await;
+    // The first still comes, after its own back-off (5 s).
+    wait_call(&record, "the retried first Message", |c| {
+        body(c)
+            && c["refused"] != true
+            && crypto::b64(c["message"].as_str().unwrap()).unwrap() == first.body
+    })
+    .await;
+    assert_eq!(count(&record, "Message"), 3, "{:#?}", calls(&record));
+    let _ = connector.kill();
+    let _ = connector.wait();
+}

@@ -18,9 +18,11 @@ use crate::store::Store;
 pub(super) const RETRY_BASE: Duration = Duration::from_secs(5);
 pub(super) const RETRY_MAX: Duration = Duration::from_secs(600);
 
-/// A subscription whose background delivery failed.
+/// A message whose background delivery failed: each message keeps its own back-off, so
+/// another message of the subscription getting through does not reset or forget it.
 #[derive(Debug, Clone, Copy)]
 struct Retry {
+    subscription: i64,
     at: Instant,
     /// Failures in a row.
     failures: u32,
@@ -44,7 +46,7 @@ pub(super) struct DeliveryState {
     last_background: HashMap<AppId, Instant>,
     /// Messages handed to an app by a method call whose answer is still awaited.
     inflight: HashSet<MessageId>,
-    retries: HashMap<i64, Retry>,
+    retries: HashMap<MessageId, Retry>,
     /// Whether a notification server can show declarative messages; until told, none.
     notification_server: bool,
     /// When each app last had a notification shown, for the rate limit.
@@ -76,7 +78,7 @@ impl DeliveryState {
     }
 
     pub fn forget_retries(&mut self, subscription: i64) {
-        self.retries.remove(&subscription);
+        self.retries.retain(|_, r| r.subscription != subscription);
     }
 
     /// The app handled it: the daemon does not show it.
@@ -159,7 +161,7 @@ impl Push {
         self.delivery.inflight.remove(&message_id);
         if ok {
             self.delivery.mutable_waiting.remove(&message_id);
-            self.delivery.retries.remove(&subscription);
+            self.delivery.retries.remove(&message_id);
             match self.store.ack(subscription, &message_id) {
                 Ok(_) => self.refresh(subscription),
                 Err(e) => error!(error = %e, "cannot forget a delivered message"),
@@ -169,32 +171,42 @@ impl Push {
         let failures = self
             .delivery
             .retries
-            .get(&subscription)
+            .get(&message_id)
             .map_or(0, |r| r.failures)
             + 1;
         let wait = doubling(RETRY_BASE, RETRY_MAX, failures);
         info!(subscription, message = %message_id, retry_in_s = wait.as_secs(), "background delivery failed: the message stays pending");
         let at = Instant::now() + wait;
-        self.delivery
-            .retries
-            .insert(subscription, Retry { at, failures });
+        let retry = Retry {
+            subscription,
+            at,
+            failures,
+        };
+        self.delivery.retries.insert(message_id, retry);
     }
 
     pub(super) fn retries_due(&mut self, now: Instant) {
-        let due: Vec<i64> = self
+        let mut due: HashMap<i64, HashSet<MessageId>> = HashMap::new();
+        for (message, r) in self
             .delivery
             .retries
-            .iter()
+            .iter_mut()
             .filter(|(_, r)| r.at <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        {
             // Parked far ahead until this attempt's answer reschedules or clears it.
-            if let Some(r) = self.delivery.retries.get_mut(&id) {
-                r.at = now + RETRY_MAX;
-            }
-            if let Some(d) = self.background_delivery(id) {
-                self.deliver_pending(id, d);
+            r.at = now + RETRY_MAX;
+            due.entry(r.subscription)
+                .or_default()
+                .insert(message.clone());
+        }
+        for (id, messages) in due {
+            let found = match self.background_delivery(id) {
+                Some(d) => self.deliver_some(id, d, |m| messages.contains(m)),
+                None => Vec::new(),
+            };
+            // Gone meanwhile (acknowledged, expired, dropped): nothing left to retry.
+            for m in messages.iter().filter(|m| !found.contains(m)) {
+                self.delivery.retries.remove(m);
             }
         }
     }
@@ -275,22 +287,38 @@ impl Push {
     }
 
     pub(super) fn deliver_pending(&mut self, id: i64, delivery: Delivery) {
+        self.deliver_some(id, delivery, |_| true);
+    }
+
+    /// Deliver those of a subscription's pending messages that `which` picks; returns the
+    /// ids of those found pending (a store error: all of them, to try again later).
+    fn deliver_some(
+        &mut self,
+        id: i64,
+        delivery: Delivery,
+        which: impl Fn(&MessageId) -> bool,
+    ) -> Vec<MessageId> {
         let Some(rec) = self.index.get(id) else {
-            return;
+            return Vec::new();
         };
         let msgs = match self.store.pending(id) {
             Ok(m) => m,
             Err(e) => {
                 error!(error = %e, "cannot read pending messages");
-                return;
+                return self
+                    .delivery
+                    .retries
+                    .keys()
+                    .filter(|m| which(m))
+                    .cloned()
+                    .collect();
             }
         };
-        if msgs.is_empty() {
-            return;
-        }
         let info = SubscriptionInfo::from_record(rec);
         let by_call = delivery != Delivery::Signal;
-        for m in msgs {
+        let mut found = Vec::new();
+        for m in msgs.into_iter().filter(|m| which(&m.id)) {
+            found.push(m.id.clone());
             if by_call && !self.delivery.start_call(&m.id) {
                 continue;
             }
@@ -301,5 +329,6 @@ impl Push {
                 flags: MessageFlags::default(),
             });
         }
+        found
     }
 }
