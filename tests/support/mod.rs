@@ -456,16 +456,6 @@ impl World {
 
     /// Wait until the daemon reports `connected`.
     pub async fn connected(&self) {
-        // Uncached: zbus's property cache can keep a value that changed while it filled.
-        let conn = self.bus.connect().await;
-        let admin = AdminProxy::builder(&conn)
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
-        eventually("the daemon to connect", || async {
-            (admin.state().await.ok()? == "connected").then_some(())
-        })
-        .await;
+        wait_connected(&self.bus).await;
     }
 }
