@@ -30,6 +30,11 @@ impl Identity {
         self.source.sandbox().is_some()
     }
 
+    /// One of the user's own tools (see `Source::is_user_tool`), not an app.
+    pub fn is_user_tool(&self) -> bool {
+        self.source.is_user_tool()
+    }
+
     pub fn caller(&self) -> Caller {
         Caller {
             app_id: self.app_id.clone(),
