@@ -30,6 +30,15 @@ impl Source {
             Source::Systemd | Source::BusName | Source::Executable => None,
         }
     }
+
+    /// Whether a caller found this way is one of the user's own tools (`pushctl`, `busctl`,
+    /// `gdbus` run from a shell) rather than an app: unsandboxed (so it passes Admin's
+    /// test) *and* with no app identity of its own: not in a sandbox, not in an app's
+    /// systemd unit, owning no reverse-DNS bus name, so that only its executable names it.
+    /// Besides the owner, only these may read a subscription's endpoint and keys.
+    pub fn is_user_tool(self) -> bool {
+        matches!(self, Source::Executable)
+    }
 }
 
 /// The sandbox an app runs in: sandboxed apps may not ask for system subscriptions or use
@@ -191,6 +200,21 @@ mod tests {
         }
         assert_eq!(Sandbox::parse(""), None);
         assert_eq!(Source::Systemd.sandbox(), None);
+    }
+
+    #[test]
+    fn only_callers_without_an_app_identity_are_the_users_tools() {
+        assert!(Source::Executable.is_user_tool());
+        for s in [
+            Source::Flatpak,
+            Source::Snap,
+            Source::Systemd,
+            Source::BusName,
+        ] {
+            assert!(!s.is_user_tool(), "{s:?}");
+        }
+        // Every tool also passes Admin's test (unsandboxed).
+        assert_eq!(Source::Executable.sandbox(), None);
     }
 
     #[test]

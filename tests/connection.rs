@@ -239,6 +239,44 @@ async fn a_new_uaid_from_the_server_re_registers_every_channel_and_tells_each_ap
     }
 }
 
+/// After a server reset the daemon registers every channel again; a server that refuses
+/// one (409) has lost it for good: the subscription expires with reason `server`, its app
+/// hears `Expired`, and nothing is registered for it any more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_re_registration_after_a_reset_expires_the_subscription_for_the_server() {
+    let w = World::with_config(FAST).await;
+    let admin = admin(&w.bus).await;
+    wait_state(&admin, "connected").await;
+    let app = w.bus.app("org.example.Reset").await;
+    let sub = app.subscribe("s").await;
+    let mut expired = app.manager.receive_expired().await.unwrap();
+    let registers = w.server.stats().registers;
+
+    let f = faults(&w);
+    f.set_register_status(Some(409));
+    f.force_new_uaid();
+    admin.reconnect().await.unwrap();
+
+    let sig = next(&mut expired, "Expired").await;
+    let args = sig.args().unwrap();
+    assert_eq!((args.scope(), args.reason()), (&"s", &"server"));
+    assert_eq!(args.subscription().as_str(), sub.path.as_str());
+    let p = app.subscription(&sub.path).await;
+    assert!(p.expired().await.unwrap());
+    assert_eq!(w.server.stats().registers, registers + 1);
+
+    // Expired for good: the next hello (the server accepts registers again) does not
+    // try it again, and its old endpoint is gone with the old UAID.
+    f.set_register_status(None);
+    admin.reconnect().await.unwrap();
+    wait_stats(&w, "the next hello", |s| (s.hellos >= 3).then_some(())).await;
+    wait_state(&admin, "connected").await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(w.server.stats().registers, registers + 1);
+    assert!(p.expired().await.unwrap());
+    assert!(matches!(post(&sub, b"x").await.status, 404 | 410));
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. The connection cut at each step of the protocol
 

@@ -153,3 +153,86 @@ async fn subscriptions_of_an_uninstalled_flatpak_expire_at_startup() {
     })
     .await;
 }
+
+/// Where the cgroup2 hierarchy is mounted, if this process may create cgroups in it.
+fn writable_cgroup2() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split(' ').next()? == "cgroup2").then(|| left.split(' ').nth(4).map(Into::into))?
+    })?;
+    let probe = Path::new(&mount).join(format!("webpushd-probe-{}", std::process::id()));
+    std::fs::create_dir(&probe).ok()?;
+    std::fs::remove_dir(&probe).ok()?;
+    Some(mount)
+}
+
+/// Snap confinement for real, as far as the kernel goes: pushctl runs in a cgroup2 scope
+/// named as snapd names an app's (`snap.NAME.APP-UUID.scope` under the user's
+/// `app.slice`), so the daemon finds it through `/proc/PID/cgroup`. (No AppArmor profile:
+/// the daemon does not look at it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snap_caller_is_its_snap_and_is_kept_in_its_lane() {
+    let Some(cgroot) = writable_cgroup2() else {
+        eprintln!("SKIPPED: no writable cgroup2 hierarchy (needs root or a delegated subtree)");
+        return;
+    };
+    let w = World::new().await;
+    let slice = cgroot.join(format!(
+        "webpushd-test-{}.slice/user@1000.service/app.slice",
+        std::process::id()
+    ));
+    let scope =
+        slice.join("snap.example-chat.example-chat-1f2e3d4c-5b6a-4789-9abc-def012345678.scope");
+    std::fs::create_dir_all(&scope).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#,
+                "sh",
+            ])
+            .arg(&scope)
+            .arg(env!("CARGO_BIN_EXE_pushctl"))
+            .args(args)
+            .env("DBUS_SESSION_BUS_ADDRESS", &w.bus.address)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) =
+        tokio::task::block_in_place(|| run(&["--json", "subscribe", "inbox"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let sub: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(sub["app_id"], "example-chat");
+
+    // Sandboxed: no system subscriptions, no Admin, no other app's subscriptions.
+    let (code, _, stderr) = tokio::task::block_in_place(|| run(&["subscribe", "vip", "--system"]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("AccessDenied"), "{stderr}");
+    let (code, _, stderr) = tokio::task::block_in_place(|| run(&["status"]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("AccessDenied"), "{stderr}");
+    let other = w.bus.app("org.example.Other").await;
+    let theirs = other.subscribe("inbox").await;
+    let (code, _, stderr) = tokio::task::block_in_place(|| run(&["show", theirs.path.as_str()]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("AccessDenied"), "{stderr}");
+    let (code, stdout, _) = tokio::task::block_in_place(|| run(&["--json", "list"]));
+    assert_eq!(code, Some(0));
+    let list: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["app_id"], "example-chat");
+
+    // The processes have exited: the empty cgroups can go.
+    let mut dir = scope.as_path();
+    while dir != cgroot {
+        let _ = std::fs::remove_dir(dir);
+        dir = dir.parent().unwrap();
+    }
+}

@@ -8,6 +8,16 @@ use std::collections::HashMap;
 use support::*;
 use webpushd::appserver::SendOptions;
 use zbus::zvariant::Value;
+use zbus::DBusError as _;
+
+/// The D-Bus error name of a failed call or property read.
+fn error_name(e: &zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, _, _) => name.to_string(),
+        zbus::Error::FDO(e) => e.name().to_string(),
+        other => format!("not a D-Bus error: {other}"),
+    }
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_post_arrives_as_a_message_signal_with_the_exact_plaintext() {
@@ -100,6 +110,74 @@ async fn subscribe_is_idempotent_and_apps_are_isolated() {
     // B's unsubscribe of "scope" is B's own.
     assert!(b.manager.unsubscribe("scope").await.unwrap());
     assert_eq!(a.manager.list_subscriptions().await.unwrap().len(), 1);
+}
+
+/// One rule for a subscription's capabilities (Endpoint, P256dh, Auth): the owner and the
+/// user's tools. Another app, unsandboxed and ordinary (it owns a reverse-DNS name), sees
+/// the details but not those, on any path; a tool (no app identity: this test process on
+/// a nameless connection, as pushctl without --app-id) reads them all.
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoint_and_keys_are_for_the_owner_and_the_users_tools_only() {
+    let w = World::new().await;
+    let a = w.bus.app("org.example.Owner").await;
+    let sa = a.subscribe("scope").await;
+
+    let other = w.bus.app("org.example.Nosy").await;
+    let foreign = other.subscription(&sa.path).await;
+    let denied = |r: zbus::Result<()>, what: &str| {
+        let err = r.unwrap_err();
+        assert_eq!(
+            error_name(&err),
+            "org.freedesktop.DBus.Error.AccessDenied",
+            "{what}: {err}"
+        );
+    };
+    denied(foreign.endpoint().await.map(drop), "Endpoint");
+    denied(foreign.p256dh().await.map(drop), "P256dh");
+    denied(foreign.auth().await.map(drop), "Auth");
+    let err = foreign.get_key("auth").await.unwrap_err();
+    assert_eq!(error_name(&err), "org.webpushd.Push1.Error.AccessDenied");
+    let err = foreign.get_key("p256dh").await.unwrap_err();
+    assert_eq!(error_name(&err), "org.webpushd.Push1.Error.AccessDenied");
+    // GetAll gives the details and leaves the capabilities out.
+    let props = zbus::fdo::PropertiesProxy::builder(&other.conn)
+        .destination("org.webpushd.Push1")
+        .unwrap()
+        .path(sa.path.clone())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let iface = zbus::names::InterfaceName::try_from("org.webpushd.Push1.Subscription").unwrap();
+    let all = props.get_all(iface.clone()).await.unwrap();
+    assert!(
+        all.contains_key("Scope") && all.contains_key("AppId"),
+        "{all:?}"
+    );
+    for k in ["Endpoint", "P256dh", "Auth"] {
+        assert!(!all.contains_key(k), "GetAll gave another app {k}");
+    }
+    assert_eq!(foreign.scope().await.unwrap(), "scope");
+
+    // The user's tool reads everything, on every path.
+    let tool = App::new(w.bus.connect().await).await;
+    let p = tool.subscription(&sa.path).await;
+    assert_eq!(p.endpoint().await.unwrap(), sa.endpoint);
+    assert_eq!(p.p256dh().await.unwrap(), sa.p256dh);
+    assert_eq!(p.auth().await.unwrap(), sa.auth);
+    assert_eq!(p.get_key("auth").await.unwrap().into_vec(), sa.auth);
+    let props = zbus::fdo::PropertiesProxy::builder(&tool.conn)
+        .destination("org.webpushd.Push1")
+        .unwrap()
+        .path(sa.path.clone())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let all = props.get_all(iface).await.unwrap();
+    for k in ["Endpoint", "P256dh", "Auth"] {
+        assert!(all.contains_key(k), "GetAll kept {k} from the user's tool");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -411,3 +411,113 @@ async fn a_delivered_message_does_not_cancel_the_retry_of_one_that_failed() {
     let _ = connector.kill();
     let _ = connector.wait();
 }
+
+/// Whether `name` has an owner on the bus right now.
+async fn on_bus(bus: &Bus, name: &str) -> bool {
+    let dbus = zbus::fdo::DBusProxy::new(&bus.connect().await)
+        .await
+        .unwrap();
+    dbus.name_has_owner(name.try_into().unwrap()).await.unwrap()
+}
+
+/// Wait until the connector has exited and the daemon has seen it go, so the next message
+/// arrives in the background.
+async fn wait_gone(w: &World, name: &str) {
+    eventually(&format!("{name} to leave the bus"), || async {
+        (!on_bus(&w.bus, name).await).then_some(())
+    })
+    .await;
+    let observer = App::new(w.bus.connect().await).await;
+    eventually("the daemon to see no app connected", || async {
+        let s = observer.admin.status().await.ok()?;
+        let n: u64 = s.get("apps_connected")?.try_into().ok()?;
+        (n == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_startup_registrations_of_apps_neither_on_the_bus_nor_activatable_are_removed() {
+    let mut w = World::new().await;
+    let keys = SubscriptionKeys::generate().unwrap();
+    let enc = crypto::encrypt(keys.public_key(), keys.auth(), b"x", false).unwrap();
+    let mut endpoints = HashMap::new();
+    for name in [
+        "org.example.UpKept",
+        "org.example.UpGone",
+        "org.example.UpRunning",
+    ] {
+        let record = w.dir.path().join(format!("{name}.jsonl"));
+        install(&w.bus, name, &record, " --idle 1");
+        tokio::task::block_in_place(|| register(&w.bus, name, &record, "t", &[]));
+        endpoints.insert(name, registered_endpoint(&record, 1).await);
+    }
+    // UpGone is uninstalled; UpRunning is uninstalled too but still running (on the bus).
+    for name in ["org.example.UpGone", "org.example.UpRunning"] {
+        std::fs::remove_file(w.bus.services.join(format!("{name}.service"))).unwrap();
+    }
+    let running = w.bus.app("org.example.UpRunning").await;
+    w.daemon.restart(&w.bus).await;
+
+    let observer = App::new(w.bus.connect().await).await;
+    let remaining = eventually("the uninstalled app's registration to go", || async {
+        let all = observer.admin.list_all().await.ok()?;
+        let mut names = Vec::new();
+        for p in &all {
+            names.push(observer.subscription(p).await.bus_name().await.ok()?);
+        }
+        names.sort();
+        (names.len() == 2).then_some(names)
+    })
+    .await;
+    assert_eq!(remaining, ["org.example.UpKept", "org.example.UpRunning"]);
+    // Unregistered from the server too; the others still take messages.
+    eventually("410 for the removed app", || async {
+        (post_raw(&endpoints["org.example.UpGone"], &enc).await == 410).then_some(())
+    })
+    .await;
+    for name in ["org.example.UpKept", "org.example.UpRunning"] {
+        assert_eq!(post_raw(&endpoints[name], &enc).await, 201, "{name}");
+    }
+    drop(running);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn background_messages_use_up_a_unifiedpush_registrations_quota() {
+    let w = World::with_config("[quota]\nmax_per_subscription = 2\n").await;
+    let name = "org.example.UpQuota";
+    let record = w.dir.path().join("upquota.jsonl");
+    install(&w.bus, name, &record, " --idle 1");
+    tokio::task::block_in_place(|| register(&w.bus, name, &record, "t", &[]));
+    let endpoint = registered_endpoint(&record, 1).await;
+    let observer = App::new(w.bus.connect().await).await;
+    let path = observer.admin.list_all().await.unwrap().remove(0);
+    let p = observer.subscription(&path).await;
+    assert_eq!(p.quota().await.unwrap(), 2);
+    assert!(p.quota_applies().await.unwrap());
+    let keys = SubscriptionKeys::generate().unwrap();
+
+    for (i, left) in [(1usize, 1), (2, 0)] {
+        wait_gone(&w, name).await;
+        let enc = crypto::encrypt(keys.public_key(), keys.auth(), b"m", false).unwrap();
+        assert_eq!(post_raw(&endpoint, &enc).await, 201);
+        // Delivered by starting the connector, which is not the user opening the app:
+        // the message still costs one.
+        eventually(&format!("message {i}"), || async {
+            (count(&record, "Message") >= i).then_some(())
+        })
+        .await;
+        assert_eq!(p.quota().await.unwrap(), left);
+    }
+    assert!(p.expired().await.unwrap());
+    // Expired: the connector is told the registration ended, and the endpoint is gone.
+    wait_call(&record, "Unregistered", |c| {
+        c["method"] == "Unregistered" && c["token"] == "t"
+    })
+    .await;
+    let enc = crypto::encrypt(keys.public_key(), keys.auth(), b"late", false).unwrap();
+    eventually("410 after the expiry", || async {
+        (post_raw(&endpoint, &enc).await == 410).then_some(())
+    })
+    .await;
+}

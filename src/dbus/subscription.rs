@@ -1,9 +1,12 @@
 //! `org.webpushd.Push1.Subscription`: one object per subscription, a read-only view kept
 //! current by the event pump, plus `GetKey` and `Unsubscribe`.
 //!
-//! Reads are allowed to the owning app and to unsandboxed callers (the same user, who can
-//! read the database anyway; `pushctl list --all` needs it). Endpoint and keys are
-//! capabilities, so their changes are announced as invalidations, not broadcast.
+//! Who may read what (the interface XML says the same): the subscription's details are
+//! readable by the owning app and by unsandboxed callers (the same user, who can read the
+//! database anyway); its capabilities, `Endpoint`, `P256dh` and `Auth` (as properties or
+//! through `GetKey`), only by the owner and the user's own tools (`Source::is_user_tool`:
+//! `pushctl list --all` needs them), never by another app, sandboxed or not. Endpoint and
+//! keys are announced as invalidations, not broadcast.
 
 use std::sync::Arc;
 
@@ -26,8 +29,16 @@ impl SubscriptionObject {
     /// The subscription as the owner loop has it now. Reads go there rather than to the
     /// copy the event pump keeps (which trails it slightly), so a property read after an
     /// observed event is never stale.
-    async fn now(&self, hdr: Option<Header<'_>>) -> fdo::Result<SubscriptionInfo> {
-        self.may_read(hdr).await?;
+    async fn now(&self, hdr: Option<Header<'_>>, what: Read) -> fdo::Result<SubscriptionInfo> {
+        if let Some(hdr) = hdr {
+            self.may_read(&hdr, what)
+                .await
+                .map_err(|e| fdo::Error::AccessDenied(e.to_string()))?;
+        }
+        self.current().await
+    }
+
+    async fn current(&self) -> fdo::Result<SubscriptionInfo> {
         let id = self.info.id;
         match self
             .push
@@ -43,19 +54,23 @@ impl SubscriptionObject {
         }
     }
 
-    async fn may_read(&self, hdr: Option<Header<'_>>) -> fdo::Result<()> {
-        let Some(hdr) = hdr else {
-            return Ok(());
-        };
-        let who = caller(&self.resolver, &hdr)
-            .await
-            .map_err(|e| fdo::Error::AccessDenied(e.to_string()))?;
-        if who.app_id == self.info.app_id || !who.sandboxed() {
+    /// The one rule for reads, on every path (properties, `GetAll`, `GetKey`).
+    async fn may_read(&self, hdr: &Header<'_>, what: Read) -> Result<(), Error> {
+        let who = caller(&self.resolver, hdr).await?;
+        let allowed = who.app_id == self.info.app_id
+            || who.is_user_tool()
+            || (what == Read::Details && !who.sandboxed());
+        if allowed {
             Ok(())
         } else {
-            Err(fdo::Error::AccessDenied(
-                "this subscription belongs to another app".into(),
-            ))
+            Err(Error::AccessDenied(format!(
+                "this subscription belongs to another app (you are {}); {} only to its owner and the user's tools",
+                who.app_id,
+                match what {
+                    Read::Details => "it is shown",
+                    Read::Capability => "its endpoint and keys are given",
+                }
+            )))
         }
     }
 
@@ -72,12 +87,20 @@ impl SubscriptionObject {
     }
 }
 
+/// What a read reveals: details (scope, counters, …) or a capability (the endpoint, which
+/// lets anyone push to the app, and the keys, which decrypt its messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    Details,
+    Capability,
+}
+
 #[interface(name = "org.webpushd.Push1.Subscription")]
 impl SubscriptionObject {
     /// `p256dh` (65-byte public key) or `auth` (16-byte secret), as nsIPushSubscription.getKey.
     async fn get_key(&self, #[zbus(header)] hdr: Header<'_>, name: &str) -> Result<ByteBuf, Error> {
-        self.owner(&hdr).await?;
-        let info = self.now(None).await?;
+        self.may_read(&hdr, Read::Capability).await?;
+        let info = self.current().await?;
         match name {
             "p256dh" => Ok(ByteBuf::from(info.p256dh)),
             "auth" => Ok(ByteBuf::from(info.auth)),
@@ -99,31 +122,31 @@ impl SubscriptionObject {
 
     #[zbus(property)]
     async fn scope(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Details).await?;
         Ok(info.scope.to_string())
     }
 
     #[zbus(property)]
     async fn app_id(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Details).await?;
         Ok(info.app_id.to_string())
     }
 
     #[zbus(property(emits_changed_signal = "invalidates"))]
     async fn endpoint(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Capability).await?;
         Ok(info.endpoint.clone())
     }
 
     #[zbus(property(emits_changed_signal = "invalidates"))]
     async fn p256dh(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<Vec<u8>> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Capability).await?;
         Ok(info.p256dh.clone())
     }
 
     #[zbus(property(emits_changed_signal = "invalidates"))]
     async fn auth(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<Vec<u8>> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Capability).await?;
         Ok(info.auth.clone())
     }
 
@@ -132,50 +155,50 @@ impl SubscriptionObject {
         &self,
         #[zbus(header)] hdr: Option<Header<'_>>,
     ) -> fdo::Result<Vec<u8>> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Details).await?;
         Ok(info.app_server_key.clone())
     }
 
     #[zbus(property)]
     async fn push_count(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<u64> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Details).await?;
         Ok(info.push_count)
     }
 
     #[zbus(property)]
     async fn last_push(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<i64> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Details).await?;
         Ok(info.last_push)
     }
 
     #[zbus(property)]
     async fn quota(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<i32> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Details).await?;
         Ok(info.quota)
     }
 
     #[zbus(property)]
     async fn quota_applies(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<bool> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Details).await?;
         Ok(info.quota_applies())
     }
 
     #[zbus(property)]
     async fn expired(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<bool> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Details).await?;
         Ok(info.expired)
     }
 
     #[zbus(property)]
     async fn created(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<i64> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Details).await?;
         Ok(info.created)
     }
 
     /// `webpush` (this API) or `unifiedpush` (a UnifiedPush registration).
     #[zbus(property)]
     async fn kind(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Details).await?;
         Ok(match info.kind {
             crate::push::Kind::WebPush => "webpush",
             crate::push::Kind::UnifiedPush(_) => "unifiedpush",
@@ -186,14 +209,14 @@ impl SubscriptionObject {
     /// The activatable name for background delivery (UnifiedPush: the connector's service).
     #[zbus(property)]
     async fn bus_name(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Details).await?;
         Ok(info.bus_name.clone())
     }
 
     /// UnifiedPush's registration description; empty otherwise.
     #[zbus(property)]
     async fn description(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
-        let info = self.now(hdr).await?;
+        let info = self.now(hdr, Read::Details).await?;
         Ok(info.description.clone())
     }
 }
