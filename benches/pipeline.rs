@@ -466,6 +466,7 @@ fn record(keys: &SubscriptionKeys, n: i64) -> SubscriptionRecord {
 
 fn batch_item(rec: &SubscriptionRecord, id: i64, seq: u64, payload: &[u8]) -> BatchItem {
     BatchItem {
+        seen_until: i64::MAX,
         channel_id: rec.channel_id.clone(),
         version: format!("v{seq}"),
         counters: Some(Counters {

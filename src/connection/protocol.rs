@@ -127,6 +127,8 @@ pub struct Notification {
     pub data: Option<String>,
     /// String-valued headers (`encoding`, `encryption`, `crypto_key`, …), keys lower-cased.
     pub headers: BTreeMap<String, String>,
+    /// Seconds the server keeps it, if it says (autopush does not).
+    pub ttl: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,6 +269,12 @@ pub fn parse_server_message(text: &str) -> Result<ServerMessage, ProtocolError> 
                 version: str_field(&o, "version")?.to_string(),
                 data,
                 headers,
+                // Optional, and only ever used to bound how long a copy can come: ignored
+                // when it is not a number.
+                ttl: o
+                    .get("ttl")
+                    .and_then(Value::as_u64)
+                    .map(|t| t.min(u64::from(u32::MAX)) as u32),
             }))
         }
         "broadcast" => Ok(ServerMessage::Broadcast {
@@ -339,6 +347,17 @@ mod tests {
         };
         assert_eq!(n.headers.get("encoding").unwrap(), "aes128gcm");
         assert_eq!(n.data.as_deref(), Some("AAA"));
+        assert_eq!(n.ttl, None);
+        // A TTL, when a server says it; ignored when it is not a number.
+        for (ttl, want) in [("60", Some(60)), ("\"x\"", None), ("-1", None)] {
+            let ServerMessage::Notification(n) = parse_server_message(&format!(
+                r#"{{"messageType":"notification","channelID":"{CH}","version":"v","ttl":{ttl}}}"#
+            ))
+            .unwrap() else {
+                panic!()
+            };
+            assert_eq!(n.ttl, want, "{ttl}");
+        }
     }
 
     #[test]

@@ -148,6 +148,7 @@ mod tests {
         let (mut store, _) = Store::open(dir.path()).unwrap();
         let id = store.insert_subscription(&record(CH, "s")).unwrap();
         let item = |v: &str, t| BatchItem {
+            seen_until: i64::MAX,
             channel_id: ChannelId::parse(CH).unwrap(),
             version: v.into(),
             counters: None,

@@ -230,6 +230,7 @@ fn plan_message(
         && t.kind == Kind::WebPush
         && !background;
     let item = BatchItem {
+        seen_until: seen_until(&n, clock),
         channel_id: n.channel_id,
         version: n.version,
         counters: Some(*c),
@@ -274,6 +275,16 @@ fn presentation(
         );
         Presentation::Ordinary
     }
+}
+
+/// The longest a push server keeps a message (autopush's maximum TTL, in seconds).
+pub(super) const SERVER_MAX_TTL: u32 = 30 * 24 * 3600;
+
+/// Until when the server could send `n` again (its TTL, which autopush does not say on
+/// the wire: then its maximum), so its `seen` entry is kept that long.
+pub(super) fn seen_until(n: &Notification, clock: Clock) -> i64 {
+    let ttl = n.ttl.map_or(SERVER_MAX_TTL, |t| t.min(SERVER_MAX_TTL));
+    clock.now_ms + i64::from(ttl) * 1000
 }
 
 fn stored(n: &Notification, subscription: i64, payload: Vec<u8>, clock: Clock) -> StoredMessage {

@@ -94,6 +94,7 @@ fn note(channel: &str, version: &str) -> Notification {
         version: version.into(),
         data: None,
         headers: BTreeMap::new(),
+        ttl: None,
     }
 }
 
@@ -290,4 +291,23 @@ fn what_a_unified_push_app_cannot_take_is_101_if_encrypted_for_headers_else_102(
     assert_eq!(failed_ack(up, &aesgcm), Ack::Undecryptable);
     assert_eq!(failed_ack(up, &empty), Ack::NotDelivered);
     assert_eq!(failed_ack(Kind::WebPush, &empty), Ack::Undecryptable);
+}
+
+#[test]
+fn seen_lasts_as_long_as_the_server_could_send_the_message() {
+    let day_ms = 24 * 3600 * 1000;
+    // autopush does not say the TTL: the longest it keeps a message.
+    assert_eq!(
+        seen_until(&note(CH_A, "a"), CLOCK),
+        CLOCK.now_ms + 30 * day_ms
+    );
+    let mut n = note(CH_A, "a");
+    n.ttl = Some(60);
+    assert_eq!(seen_until(&n, CLOCK), CLOCK.now_ms + 60_000);
+    n.ttl = Some(u32::MAX);
+    assert_eq!(seen_until(&n, CLOCK), CLOCK.now_ms + 30 * day_ms);
+    // The plan gives each recorded notification its own.
+    let mut f = fake(vec![record(1, CH_A, Kind::WebPush, 16)]);
+    let p = plan(&mut f, vec![(n, ok(b"x"))]);
+    assert_eq!(p.items[0].seen_until, CLOCK.now_ms + 30 * day_ms);
 }

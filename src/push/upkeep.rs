@@ -21,8 +21,6 @@ use crate::store::Store;
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// How long after startup, or after the first message of a burst, memory is given back.
 const TRIM_AFTER: Duration = Duration::from_secs(3);
-/// How long a de-duplication entry is kept (once its message is gone).
-const SEEN_FOR_MS: i64 = 7 * 24 * 3600 * 1000;
 
 #[derive(Debug)]
 pub(super) struct Upkeep {
@@ -89,10 +87,11 @@ impl Push {
         }
     }
 
-    /// Once at startup and once a day: forget old de-duplication entries, and expire the
+    /// Once at startup and once a day: forget de-duplication entries of messages the
+    /// server can no longer send, and expire the
     /// subscriptions of Flatpak apps that are no longer installed.
     pub(super) fn housekeeping(&mut self) {
-        let _ = self.store.prune_seen(now_ms() - SEEN_FOR_MS);
+        let _ = self.store.prune_seen(now_ms());
         let data_home = &self.upkeep.data_home;
         let gone = self.index.ids_where(|s| {
             !s.expired

@@ -30,6 +30,8 @@ pub trait CapPolicy {
 pub struct BatchItem {
     pub channel_id: ChannelId,
     pub version: String,
+    /// Until when (ms) the server could send it again: its `seen` entry is kept so long.
+    pub seen_until: i64,
     /// Counters to write for the subscription (already computed by `push`).
     pub counters: Option<Counters>,
     /// The message to keep for the app; `None` when it is not delivered (ack 101/102).
@@ -73,7 +75,8 @@ impl Store {
         let mut latest: Vec<Counters> = Vec::new();
         {
             let mut seen = tx.prepare_cached(
-                "INSERT OR IGNORE INTO seen (channel_id, version, at) VALUES (?1, ?2, ?3)",
+                "INSERT OR IGNORE INTO seen (channel_id, version, at, expires)
+                 VALUES (?1, ?2, ?3, ?4)",
             )?;
             let mut counters = tx.prepare_cached(
                 "UPDATE subscriptions SET push_count = ?2, last_push = ?3, quota = ?4, expired = ?5
@@ -85,8 +88,12 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for item in items {
-                let fresh =
-                    seen.execute(params![item.channel_id.as_str(), item.version, now_ms])?;
+                let fresh = seen.execute(params![
+                    item.channel_id.as_str(),
+                    item.version,
+                    now_ms,
+                    item.seen_until
+                ])?;
                 if fresh == 0 {
                     outcomes.push(Recorded::Duplicate);
                     continue;
@@ -274,12 +281,13 @@ impl Store {
             .query_row([], |r| r.get::<_, Option<i64>>(0))?)
     }
 
-    /// Drop de-duplication entries older than `before_ms`, except for messages still stored.
-    pub fn prune_seen(&self, before_ms: i64) -> Result<usize, StoreError> {
+    /// Drop de-duplication entries whose message the server can no longer send at
+    /// `now_ms`, except for messages still stored.
+    pub fn prune_seen(&self, now_ms: i64) -> Result<usize, StoreError> {
         Ok(self.conn.execute(
-            "DELETE FROM seen WHERE at < ?1 AND NOT EXISTS
+            "DELETE FROM seen WHERE expires <= ?1 AND NOT EXISTS
                (SELECT 1 FROM messages m WHERE m.channel_id = seen.channel_id AND m.version = seen.version)",
-            [before_ms],
+            [now_ms],
         )?)
     }
 }

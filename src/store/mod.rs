@@ -393,6 +393,7 @@ mod tests {
             let (out, evicted) = store
                 .record_batch(
                     &[BatchItem {
+                        seen_until: i64::MAX,
                         channel_id: rec.channel_id.clone(),
                         version: "v1".into(),
                         counters: None,
@@ -413,6 +414,39 @@ mod tests {
         assert_eq!(store.pending(subs[0].id).unwrap().len(), 1);
     }
 
+    /// A `seen` entry lasts as long as the server could send its message again, not a
+    /// flat week: a lost ack followed by a long absence must not bring it back.
+    #[test]
+    fn seen_is_kept_until_the_message_could_no_longer_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        store.insert_subscription(&record(CH, "s")).unwrap();
+        const DAY: i64 = 24 * 3600 * 1000;
+        let item = |v: &str, until| BatchItem {
+            seen_until: until,
+            channel_id: ChannelId::parse(CH).unwrap(),
+            version: v.into(),
+            counters: None,
+            message: None,
+        };
+        let now = 1_000;
+        store
+            .record_batch(
+                &[item("long", now + 30 * DAY), item("short", now + 60_000)],
+                now,
+                &KeepAll,
+            )
+            .unwrap();
+        let ch = ChannelId::parse(CH).unwrap();
+        // Eight days on: the one with a minute's TTL is gone, the other still recognised.
+        store.prune_seen(now + 8 * DAY).unwrap();
+        assert!(!store.seen(&ch, "short").unwrap());
+        assert!(store.seen(&ch, "long").unwrap());
+        // Once its TTL is over, it goes too.
+        store.prune_seen(now + 30 * DAY).unwrap();
+        assert!(!store.seen(&ch, "long").unwrap());
+    }
+
     /// The WAL is copied back into the database by the checkpoint thread (SQLite's own
     /// automatic checkpoint is off): without it the database file would never grow and
     /// the log would grow for ever.
@@ -429,6 +463,7 @@ mod tests {
                     let mut m = message(id, CH, &format!("v{burst}-{i}"), 1);
                     m.payload = vec![7u8; 3000];
                     BatchItem {
+                        seen_until: i64::MAX,
                         channel_id: ChannelId::parse(CH).unwrap(),
                         version: m.version.clone(),
                         counters: None,

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/003.sql"),
     include_str!("migrations/004.sql"),
     include_str!("migrations/005.sql"),
+    include_str!("migrations/006.sql"),
 ];
 
 pub const CURRENT: i64 = MIGRATIONS.len() as i64;
@@ -77,6 +78,12 @@ mod tests {
         assert_eq!(pending[0].payload, b"hello");
         // Version 5: not shown as a notification.
         assert!(!pending[0].shown);
+        // Version 6: an old `seen` entry is kept for the longest TTL after it came.
+        let ch = crate::ids::ChannelId::parse("9d4a2c3e-1b6f-4f0a-8c2d-5e6f7a8b9c0d").unwrap();
+        assert!(store.seen(&ch, "v1").unwrap());
+        let came = 1_700_000_000_000;
+        store.prune_seen(came + 29 * 24 * 3600 * 1000).unwrap();
+        assert!(store.seen(&ch, "v1").unwrap());
     }
 
     #[test]
