@@ -455,6 +455,7 @@ fn record(keys: &SubscriptionKeys, n: i64) -> SubscriptionRecord {
         last_push: 0,
         quota: 16,
         expired: false,
+        expired_reason: String::new(),
         system: false,
         bus_name: None,
         created: 0,

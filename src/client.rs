@@ -107,6 +107,8 @@ pub trait Subscription {
     #[zbus(property)]
     fn expired(&self) -> zbus::Result<bool>;
     #[zbus(property)]
+    fn expired_reason(&self) -> zbus::Result<String>;
+    #[zbus(property)]
     fn created(&self) -> zbus::Result<i64>;
     #[zbus(property)]
     fn kind(&self) -> zbus::Result<String>;

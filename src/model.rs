@@ -29,6 +29,9 @@ pub struct SubscriptionRecord {
     pub last_push: i64,
     pub quota: i32,
     pub expired: bool,
+    /// Why it last expired (`quota`, `server`, `app-removed`); kept after a renewal until
+    /// the next expiry; empty if it never expired.
+    pub expired_reason: String,
     pub system: bool,
     pub bus_name: Option<String>,
     pub created: i64,
@@ -76,6 +79,7 @@ pub(crate) mod examples {
             last_push: 0,
             quota: 16,
             expired: false,
+            expired_reason: String::new(),
             system: false,
             bus_name: None,
             created: 1,

@@ -1322,6 +1322,7 @@ async fn short_and_damaged_key_rows_do_not_stop_the_daemon() {
         last_push: 0,
         quota: 16,
         expired: false,
+        expired_reason: String::new(),
         system: false,
         bus_name: None,
         created: 0,

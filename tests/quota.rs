@@ -364,3 +364,36 @@ async fn the_pending_cap_applies_at_startup() {
     w.daemon.restart(&w.bus).await;
     assert_eq!(pending(&w).await, 2);
 }
+
+/// The reason of the last expiry, as an unrelated observer reads it (uncached).
+async fn expired_reason(w: &World, sub: &Sub) -> (bool, String) {
+    let observer = App::new(w.bus.connect().await).await;
+    let p = observer.subscription(&sub.path).await;
+    (
+        p.expired().await.unwrap(),
+        p.expired_reason().await.unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn why_a_subscription_expired_is_kept_for_the_app_to_read() {
+    let mut w = World::with_config("[quota]\nmax_per_subscription = 2\n").await;
+    let sub = subscribe_and_leave(&w, "org.example.Later", HashMap::new()).await;
+    assert_eq!(expired_reason(&w, &sub).await, (false, String::new()));
+    for i in 0..2 {
+        post(&sub, format!("b{i}").as_bytes()).await;
+    }
+    acked(&w, 2).await;
+    assert_eq!(expired_reason(&w, &sub).await, (true, "quota".into()));
+    // Nobody heard the Expired signal; the reason outlives a restart.
+    w.daemon.restart(&w.bus).await;
+    assert_eq!(expired_reason(&w, &sub).await, (true, "quota".into()));
+    // The app comes back and subscribes: renewed, and it can still tell why.
+    let app = w.bus.app("org.example.Later").await;
+    let renewed = app.subscribe("s").await;
+    assert_eq!(renewed.path, sub.path);
+    assert_ne!(renewed.endpoint, sub.endpoint);
+    let p = app.subscription(&renewed.path).await;
+    assert!(!p.expired().await.unwrap());
+    assert_eq!(p.expired_reason().await.unwrap(), "quota");
+}

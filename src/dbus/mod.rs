@@ -453,6 +453,9 @@ pub(crate) async fn ensure_object(
     if old.expired != info.expired {
         changed.insert("Expired", Value::from(info.expired));
     }
+    if old.expired_reason != info.expired_reason {
+        changed.insert("ExpiredReason", Value::from(info.expired_reason.clone()));
+    }
     if !changed.is_empty() || !invalidated.is_empty() {
         zbus::fdo::Properties::properties_changed(
             iface.signal_emitter(),

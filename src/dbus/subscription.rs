@@ -189,6 +189,13 @@ impl SubscriptionObject {
         Ok(info.expired)
     }
 
+    /// Why it last expired: quota, server, app-removed; kept after a renewal.
+    #[zbus(property)]
+    async fn expired_reason(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {
+        let info = self.now(hdr, Read::Details).await?;
+        Ok(info.expired_reason.clone())
+    }
+
     #[zbus(property)]
     async fn created(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<i64> {
         let info = self.now(hdr, Read::Details).await?;

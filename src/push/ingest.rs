@@ -305,6 +305,9 @@ impl Push {
             rec.last_push = c.last_push;
             rec.quota = c.quota;
             rec.expired = c.expired;
+            if p.expires_now {
+                rec.expired_reason = ExpiryReason::Quota.as_str().to_string();
+            }
             if !touched.contains(&id) {
                 touched.push(id);
             }

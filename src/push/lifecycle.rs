@@ -332,6 +332,7 @@ impl Push {
                 self.policy.max_quota
             },
             expired: false,
+            expired_reason: String::new(),
             system: new.system,
             bus_name: new.options.bus_name,
             created: now_ms(),
@@ -424,6 +425,7 @@ impl Push {
             return;
         };
         rec.expired = true;
+        rec.expired_reason = reason.as_str().to_string();
         if let Err(e) = self.store.update_subscription(rec) {
             error!(error = %e, "cannot store the expiry");
         }

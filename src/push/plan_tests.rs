@@ -69,6 +69,7 @@ fn record(id: i64, channel: &str, kind: Kind, quota: i32) -> SubscriptionRecord 
         last_push: 5,
         quota,
         expired: false,
+        expired_reason: String::new(),
         system: false,
         bus_name: None,
         created: 1,

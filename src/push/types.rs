@@ -23,6 +23,8 @@ pub struct SubscriptionInfo {
     pub quota: i32,
     pub system: bool,
     pub expired: bool,
+    /// Why it last expired; kept after a renewal (see `SubscriptionRecord`).
+    pub expired_reason: String,
     pub created: i64,
     pub bus_name: String,
     pub kind: Kind,
@@ -46,6 +48,7 @@ impl SubscriptionInfo {
             quota: r.quota,
             system: r.system,
             expired: r.expired,
+            expired_reason: r.expired_reason.clone(),
             created: r.created,
             bus_name: r.bus_name.clone().unwrap_or_default(),
             kind: r.kind,

@@ -78,8 +78,11 @@ impl Store {
                 "INSERT OR IGNORE INTO seen (channel_id, version, at, expires)
                  VALUES (?1, ?2, ?3, ?4)",
             )?;
+            // A burst expires a subscription only when it uses up its quota.
             let mut counters = tx.prepare_cached(
-                "UPDATE subscriptions SET push_count = ?2, last_push = ?3, quota = ?4, expired = ?5
+                "UPDATE subscriptions SET push_count = ?2, last_push = ?3, quota = ?4, expired = ?5,
+                     expired_reason = CASE WHEN ?5 AND NOT expired THEN 'quota'
+                                           ELSE expired_reason END
                  WHERE id = ?1",
             )?;
             let mut insert = tx.prepare_cached(

@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/004.sql"),
     include_str!("migrations/005.sql"),
     include_str!("migrations/006.sql"),
+    include_str!("migrations/007.sql"),
 ];
 
 pub const CURRENT: i64 = MIGRATIONS.len() as i64;
@@ -68,6 +69,8 @@ mod tests {
         assert_eq!(s.kind, crate::model::Kind::WebPush);
         assert_eq!(s.description, "");
         assert_eq!(s.sandbox, None);
+        // Version 7: no reason was recorded for it.
+        assert_eq!(s.expired_reason, "");
         // The keys still decrypt RFC 8291's example message.
         let body = crate::crypto::b64("DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A_yl95bQpu6cVPTpK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQexSgSxsj_Qulcy4a-fN").unwrap();
         let plain =

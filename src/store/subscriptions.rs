@@ -34,6 +34,7 @@ struct SubscriptionRecordPartial {
     last_push: i64,
     quota: i32,
     expired: bool,
+    expired_reason: String,
     system: bool,
     bus_name: Option<String>,
     created: i64,
@@ -45,7 +46,7 @@ impl Store {
         let mut st = self.conn.prepare_cached(
             "SELECT id, channel_id, app_id, scope, endpoint, private_key, public_key, auth_secret,
                     app_server_key, push_count, last_push, quota, expired, system, bus_name, created,
-                    kind, up_version, description, sandbox
+                    kind, up_version, description, sandbox, expired_reason
              FROM subscriptions ORDER BY id",
         )?;
         let rows = st.query_map([], |r| {
@@ -74,6 +75,7 @@ impl Store {
                 bus_name: r.get(14)?,
                 created: r.get(15)?,
                 description: r.get(18)?,
+                expired_reason: r.get(20)?,
             };
             Ok((partial, raw))
         })?;
@@ -99,6 +101,7 @@ impl Store {
                     last_push: p.last_push,
                     quota: p.quota,
                     expired: p.expired,
+                    expired_reason: p.expired_reason,
                     system: p.system,
                     bus_name: p.bus_name,
                     created: p.created,
@@ -170,7 +173,7 @@ impl Store {
             "UPDATE subscriptions SET channel_id = ?2, endpoint = ?3, private_key = ?4,
                  public_key = ?5, auth_secret = ?6, app_server_key = ?7, push_count = ?8,
                  last_push = ?9, quota = ?10, expired = ?11, system = ?12, bus_name = ?13,
-                 description = ?14
+                 description = ?14, expired_reason = ?15
              WHERE id = ?1",
             params![
                 s.id,
@@ -187,6 +190,7 @@ impl Store {
                 s.system,
                 s.bus_name,
                 s.description,
+                s.expired_reason,
             ],
         )?;
         Ok(())
