@@ -140,6 +140,15 @@ async fn subscribe_activatable(bus: &Bus, name: &str) -> Sub {
     let opts = HashMap::from([("bus_name", Value::from(name))]);
     let sub = app.subscribe_with("background", opts).await.unwrap();
     app.conn.close().await.unwrap();
+    // Until the daemon has seen the app go, a message would be signalled to nobody
+    // instead of starting the app.
+    let observer = App::new(bus.connect().await).await;
+    eventually("the daemon to see the app leave", || async {
+        let s = observer.admin.status().await.ok()?;
+        let n: u64 = s.get("apps_connected")?.try_into().ok()?;
+        (n == 0).then_some(())
+    })
+    .await;
     sub
 }
 
