@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 use zbus::fdo::{RequestNameFlags, RequestNameReply};
 
+use super::checked::Checked;
 use super::identity::Resolver;
 use super::manager::{Admin, Manager, PATH};
 use super::{notify, unifiedpush, Presence, BUS_NAME};
@@ -175,23 +176,23 @@ async fn serve(
     server
         .at(
             PATH,
-            Manager {
+            Checked::new(Manager {
                 push: push.clone(),
                 resolver: resolver.clone(),
-            },
+            }),
         )
         .await?;
     server
         .at(
             PATH,
-            Admin {
+            Checked::new(Admin {
                 push: push.clone(),
                 conn: connection.clone(),
                 resolver: resolver.clone(),
                 status: connection.status(),
                 server_url,
                 uaid,
-            },
+            }),
         )
         .await?;
     for info in subscriptions {
@@ -200,13 +201,19 @@ async fn serve(
     server
         .at(
             unifiedpush::PATH,
-            unifiedpush::Distributor2::new(push.clone(), resolver.clone()),
+            Checked::new(unifiedpush::Distributor2::new(
+                push.clone(),
+                resolver.clone(),
+            )),
         )
         .await?;
     server
         .at(
             unifiedpush::PATH,
-            unifiedpush::Distributor1::new(push.clone(), resolver.clone()),
+            Checked::new(unifiedpush::Distributor1::new(
+                push.clone(),
+                resolver.clone(),
+            )),
         )
         .await?;
     Ok(())

@@ -8,6 +8,7 @@
 //! compares them with what the daemon introspects.
 
 pub mod bus;
+pub mod checked;
 pub mod error;
 pub mod identity;
 pub mod manager;
@@ -30,6 +31,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
 
 pub use self::bus::{Bus, Objects};
+use self::checked::Checked;
 use self::error::Error;
 use self::identity::Resolver;
 use self::manager::{Admin, Manager, PATH};
@@ -142,11 +144,11 @@ async fn add_subscription(
     conn.object_server()
         .at(
             path,
-            SubscriptionObject {
+            Checked::new(SubscriptionObject {
                 info,
                 push: push.clone(),
                 resolver: resolver.clone(),
-            },
+            }),
         )
         .await?;
     Ok(())
@@ -233,7 +235,7 @@ impl Pump {
     async fn removed(&self, info: SubscriptionInfo) -> zbus::Result<()> {
         self.conn
             .object_server()
-            .remove::<SubscriptionObject, _>(subscription_path(info.id))
+            .remove::<Checked<SubscriptionObject>, _>(subscription_path(info.id))
             .await?;
         if matches!(info.kind, Kind::UnifiedPush(_)) {
             // Confirms an unregistration, or tells the app it ended.
@@ -372,7 +374,7 @@ impl Pump {
         let iface = self
             .conn
             .object_server()
-            .interface::<_, Admin>(PATH)
+            .interface::<_, Checked<Admin>>(PATH)
             .await?;
         iface
             .get()
@@ -416,7 +418,7 @@ pub(crate) async fn ensure_object(
     let path = subscription_path(info.id);
     let iface = match conn
         .object_server()
-        .interface::<_, SubscriptionObject>(path)
+        .interface::<_, Checked<SubscriptionObject>>(path)
         .await
     {
         Ok(iface) => iface,
@@ -613,7 +615,11 @@ pub async fn follow_state(conn: zbus::Connection, mut status: watch::Receiver<Co
             continue;
         }
         last = state;
-        if let Ok(iface) = conn.object_server().interface::<_, Admin>(PATH).await {
+        if let Ok(iface) = conn
+            .object_server()
+            .interface::<_, Checked<Admin>>(PATH)
+            .await
+        {
             let _ = iface
                 .get()
                 .await
