@@ -933,7 +933,9 @@ async fn read_json(ws: &mut Bare) -> Json {
 async fn bare_client(server: &PushServer, channels: usize) -> Bare {
     // No subprotocol: the server, like autopush-rs, names none, and tungstenite's client
     // refuses an answer without the one it asked for.
-    let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.unwrap();
+    let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .unwrap();
     let mut bare = Bare {
         endpoints: Vec::new(),
         ws,
