@@ -14,6 +14,7 @@ use crate::clock::now_ms;
 use crate::connection::{RequestError, Unregister};
 use crate::crypto::{self, SubscriptionKeys};
 use crate::ids::{AppId, ChannelId, Scope, Uaid};
+use crate::store::Store;
 
 /// Why a subscription got a new channel (the `reason` of `SubscriptionChanged`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub enum RenewalReason {
     ServerReset,
     /// An expired subscription came back: its app was used, or subscribed again.
     ExpiredRenewed,
+    /// The push server changed (`server_url`): the subscription is on the new one now.
+    ServerChanged,
 }
 
 impl RenewalReason {
@@ -30,6 +33,7 @@ impl RenewalReason {
         match self {
             RenewalReason::ServerReset => "server-reset",
             RenewalReason::ExpiredRenewed => "expired-renewed",
+            RenewalReason::ServerChanged => "server-changed",
         }
     }
 }
@@ -409,7 +413,10 @@ impl Push {
         e: RequestError,
     ) -> Result<SubscriptionInfo, PushError> {
         warn!(subscription = id, error = %e, "re-registration failed");
-        if reason == RenewalReason::ServerReset {
+        if matches!(
+            reason,
+            RenewalReason::ServerReset | RenewalReason::ServerChanged
+        ) {
             if let RequestError::Rejected(_) = e {
                 // The server refuses this channel: it is gone for good.
                 self.expire(id, ExpiryReason::Server, Unregister::Revoked);
@@ -497,20 +504,30 @@ impl Push {
         broadcasts: BTreeMap<String, String>,
     ) {
         self.save_broadcasts(broadcasts);
-        let reset = sent.as_ref().is_some_and(|s| *s != uaid);
-        if self.uaid.as_ref() != Some(&uaid) {
-            if let Err(e) = self.store.set_uaid(&uaid) {
+        let changed = std::mem::take(&mut self.server_changed);
+        let reset = changed || sent.as_ref().is_some_and(|s| *s != uaid);
+        if self.uaid.as_ref() != Some(&uaid) || changed {
+            if let Err(e) = self.store.set_uaid_of(&uaid, &self.policy.server_url) {
                 error!(error = %e, "cannot store the UAID");
             }
             self.uaid = Some(uaid.clone());
             self.emit(DomainEvent::Uaid(uaid.as_str().to_string()));
         }
-        if reset {
+        let reason = if changed {
             warn!(
                 uaid = uaid.short(),
-                "the server assigned a new UAID: registering every channel again"
+                "a new push server: registering every channel on it"
             );
-        }
+            RenewalReason::ServerChanged
+        } else {
+            if reset {
+                warn!(
+                    uaid = uaid.short(),
+                    "the server assigned a new UAID: registering every channel again"
+                );
+            }
+            RenewalReason::ServerReset
+        };
         // Re-register after a reset, and retry any earlier re-registration that failed.
         let ids = self
             .index
@@ -519,8 +536,28 @@ impl Push {
             if let Some(s) = self.index.get_mut(id) {
                 s.endpoint.clear();
             }
-            self.start_renew(id, RenewalReason::ServerReset, false);
+            self.start_renew(id, reason, false);
         }
         self.update_hello();
+    }
+}
+
+/// The stored UAID, unless it came from another push server than `server` (then `None`
+/// and `true`: it must never be offered to this one). A UAID stored before its server was
+/// recorded is taken to be the configured server's.
+pub(super) fn uaid_for_server(
+    store: &Store,
+    server: &str,
+) -> Result<(Option<Uaid>, bool), crate::store::StoreError> {
+    let uaid = store.uaid()?;
+    match (&uaid, store.uaid_server()?) {
+        (Some(u), Some(from)) if from != server => {
+            info!(
+                uaid = u.short(),
+                "the push server changed: every subscription moves to the new one"
+            );
+            Ok((None, true))
+        }
+        _ => Ok((uaid, false)),
     }
 }

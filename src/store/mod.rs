@@ -289,6 +289,29 @@ impl Store {
         Ok(())
     }
 
+    /// The push server (as configured: a URL or `local`) the stored UAID came from; `None`
+    /// when not recorded (a UAID stored by an older version).
+    pub fn uaid_server(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'uaid_server'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Store the UAID with the server that assigned it, in one statement.
+    pub fn set_uaid_of(&self, uaid: &Uaid, server: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('uaid', ?1), ('uaid_server', ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [uaid.as_str(), server],
+        )?;
+        Ok(())
+    }
+
     pub fn broadcasts(&self) -> Result<Vec<(String, String)>, StoreError> {
         let mut st = self
             .conn
