@@ -100,3 +100,96 @@ async fn a_new_server_url_between_runs_moves_every_subscription() {
     assert_eq!(uaid(&bus).await, new_uaid);
     assert_eq!(one.sub(s1.path.clone()).await.endpoint, new1.endpoint);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_server_url_moves_every_subscription_live_and_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let bus = Bus::start();
+    let a = push_server(&dir.path().join("a")).await;
+    let b = push_server(&dir.path().join("b")).await;
+    let mut daemon = Daemon::start(&bus, dir.path(), &Daemon::config_for(&a.ws_url(), "")).await;
+    wait_connected(&bus).await;
+
+    let one = bus.app("org.example.One").await;
+    let two = bus.app("org.example.Two").await;
+    let s1 = one.subscribe("https://one.example/").await;
+    let s2 = two.subscribe("https://two.example/").await;
+    let old_uaid = uaid(&bus).await;
+    let mut m1 = one.messages().await;
+    assert_eq!(post(&s1, b"before the switch").await.status, 201);
+    assert_eq!(
+        next(&mut m1, "the first message").await.2,
+        b"before the switch"
+    );
+
+    let conn = bus.connect().await;
+    let admin = AdminProxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    // Validated: neither http:// nor the local service (not running) is taken.
+    let e = admin
+        .set_server_url("https://push.example/")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("InvalidArgument"), "{e}");
+    let e = admin.set_server_url("local").await.unwrap_err();
+    assert!(e.to_string().contains("Unavailable"), "{e}");
+    assert_eq!(admin.server_url().await.unwrap(), a.ws_url());
+
+    let mut changed1 = one.manager.receive_subscription_changed().await.unwrap();
+    let mut changed2 = two.manager.receive_subscription_changed().await.unwrap();
+    admin.set_server_url(&b.ws_url()).await.unwrap();
+    assert_eq!(admin.server_url().await.unwrap(), b.ws_url());
+    for (changed, what) in [(&mut changed1, "one"), (&mut changed2, "two")] {
+        let sig = next(changed, what).await;
+        assert_eq!(sig.args().unwrap().reason(), &"server-changed", "{what}");
+    }
+    let new1 = one.sub(s1.path.clone()).await;
+    let new2 = two.sub(s2.path.clone()).await;
+    assert!(
+        new1.endpoint.starts_with(&b.http_base()),
+        "{}",
+        new1.endpoint
+    );
+    assert!(
+        new2.endpoint.starts_with(&b.http_base()),
+        "{}",
+        new2.endpoint
+    );
+    let new_uaid = uaid(&bus).await;
+    assert_ne!(new_uaid, old_uaid);
+    assert!(b.is_connected(&new_uaid) && !b.is_connected(&old_uaid));
+
+    // The old server got its channels back: the old endpoints are gone.
+    for old in [&s1, &s2] {
+        let status = post(old, b"to the old server").await.status;
+        assert!(
+            status == 404 || status == 410,
+            "old endpoint answered {status}"
+        );
+    }
+    // Stored before the switch, still delivered; the new endpoints work.
+    let pending = one
+        .manager
+        .fetch_messages("https://one.example/")
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].1.as_slice(), b"before the switch");
+    let mut m2 = two.messages().await;
+    assert_eq!(post(&new1, b"after one").await.status, 201);
+    assert_eq!(post(&new2, b"after two").await.status, 201);
+    assert_eq!(next(&mut m1, "one's message after").await.2, b"after one");
+    assert_eq!(next(&mut m2, "two's message after").await.2, b"after two");
+
+    // The choice is kept over the config file's (unchanged) server_url.
+    daemon.restart(&bus).await;
+    wait_connected(&bus).await;
+    assert_eq!(admin.server_url().await.unwrap(), b.ws_url());
+    assert_eq!(uaid(&bus).await, new_uaid);
+    assert_eq!(one.sub(s1.path.clone()).await.endpoint, new1.endpoint);
+}

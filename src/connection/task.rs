@@ -238,6 +238,15 @@ impl Actor {
                 self.broadcast_subscribe = Some(b);
                 Flow::Stay
             }
+            Command::SetUrl(url) => {
+                self.set_url(url);
+                self.hold = false;
+                if self.online {
+                    Flow::ConnectNow
+                } else {
+                    Flow::Stay
+                }
+            }
             Command::Reconnect => {
                 self.hold = false;
                 if self.online {
@@ -281,6 +290,21 @@ impl Actor {
             }
         }
         sent_expired
+    }
+
+    /// Another push server: forget what was queued for the old one, and have TLS roots
+    /// when the new one needs them.
+    fn set_url(&mut self, url: String) {
+        info!("moving to another push server");
+        self.unregisters.clear();
+        if url.starts_with("wss://") && self.tls.is_none() {
+            match super::system_tls() {
+                Ok(tls) => self.tls = Some(tls),
+                Err(e) => warn!(error = %e, "no TLS roots for the new push server"),
+            }
+        }
+        self.settings.url = url;
+        self.backoff.reset();
     }
 
     async fn connect(&self) -> Result<Ws, String> {
@@ -487,6 +511,11 @@ impl Actor {
                         Command::Reconnect => {
                             info!("reconnecting on request");
                             close(ws).await;
+                            return End::Again;
+                        }
+                        Command::SetUrl(url) => {
+                            close(ws).await;
+                            self.set_url(url);
                             return End::Again;
                         }
                         Command::Network(true) => {

@@ -14,7 +14,7 @@ use tracing::warn;
 use zbus::fdo::{RequestNameFlags, RequestNameReply};
 
 use super::identity::Resolver;
-use super::manager::{Admin, Manager, PATH};
+use super::manager::{Admin, Manager, ServerSwitch, PATH};
 use super::{notify, unifiedpush, Presence, BUS_NAME};
 use crate::connection::{self, ConnStatus};
 use crate::push::{self, DomainEvent, SubscriptionInfo};
@@ -26,6 +26,7 @@ pub struct Objects {
     /// The subscriptions there are at startup, one object each.
     pub subscriptions: Vec<SubscriptionInfo>,
     pub server_url: String,
+    pub switch: ServerSwitch,
     pub uaid: Arc<Mutex<String>>,
 }
 
@@ -49,6 +50,7 @@ impl Bus {
             connection,
             subscriptions,
             server_url,
+            switch,
             uaid,
         } = objects;
         serve(
@@ -57,7 +59,7 @@ impl Bus {
             connection,
             resolver.clone(),
             subscriptions,
-            server_url,
+            (server_url, switch),
             uaid.clone(),
         )
         .await?;
@@ -168,7 +170,7 @@ async fn serve(
     connection: connection::Handle,
     resolver: Arc<Resolver>,
     subscriptions: Vec<SubscriptionInfo>,
-    server_url: String,
+    (server_url, switch): (String, ServerSwitch),
     uaid: Arc<Mutex<String>>,
 ) -> zbus::Result<()> {
     let server = conn.object_server();
@@ -189,7 +191,8 @@ async fn serve(
                 conn: connection.clone(),
                 resolver: resolver.clone(),
                 status: connection.status(),
-                server_url,
+                server_url: Mutex::new(server_url),
+                switch,
                 uaid,
             },
         )

@@ -32,6 +32,7 @@ use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
 pub use self::bus::{Bus, Objects};
 use self::error::Error;
 use self::identity::Resolver;
+pub use self::manager::ServerSwitch;
 use self::manager::{Admin, Manager, PATH};
 use self::subscription::SubscriptionObject;
 use crate::connection::ConnStatus;

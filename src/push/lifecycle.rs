@@ -542,6 +542,46 @@ impl Push {
     }
 }
 
+impl Push {
+    /// Move to another push server, live: remember the choice, give the old server its
+    /// channels back (best effort: it gets them if the connection is up), offer it no UAID,
+    /// and register every subscription on the new one once it answers (`hello_event`).
+    pub(super) fn set_server(
+        &mut self,
+        server: String,
+        ws_url: String,
+        config_server: &str,
+    ) -> Result<bool, PushError> {
+        let saved = if server == config_server {
+            self.store.clear_server_override()
+        } else {
+            self.store.set_server_override(&server, config_server)
+        };
+        saved.map_err(|e| PushError::Failed(format!("cannot store the server: {e}")))?;
+        if server == self.policy.server_url {
+            return Ok(false);
+        }
+        info!("moving every subscription to another push server");
+        for id in self
+            .index
+            .ids_where(|s| !s.expired && !s.endpoint.is_empty())
+        {
+            if let Some(s) = self.index.get(id) {
+                self.io
+                    .conn
+                    .unregister(s.channel_id.clone(), Unregister::ByApp);
+            }
+        }
+        self.policy.server_url = server;
+        self.uaid = None;
+        self.server_changed = true;
+        self.update_hello();
+        let conn = self.io.conn.clone();
+        tokio::spawn(async move { conn.set_url(ws_url).await });
+        Ok(true)
+    }
+}
+
 /// The stored UAID, unless it came from another push server than `server` (then `None`
 /// and `true`: it must never be offered to this one). A UAID stored before its server was
 /// recorded is taken to be the configured server's.

@@ -312,6 +312,35 @@ impl Store {
         Ok(())
     }
 
+    /// The push server chosen over D-Bus (`SetServerUrl`), with the config file's
+    /// `server_url` it was chosen over.
+    pub fn server_override(&self) -> Result<Option<(String, String)>, StoreError> {
+        let get = |key: &str| -> Result<Option<String>, StoreError> {
+            Ok(self
+                .conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()?)
+        };
+        Ok(get("server_url")?.zip(get("server_url_over")?))
+    }
+
+    pub fn set_server_override(&self, server: &str, over: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('server_url', ?1), ('server_url_over', ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [server, over],
+        )?;
+        Ok(())
+    }
+
+    pub fn clear_server_override(&self) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM meta WHERE key IN ('server_url', 'server_url_over')",
+            [],
+        )?;
+        Ok(())
+    }
+
     pub fn broadcasts(&self) -> Result<Vec<(String, String)>, StoreError> {
         let mut st = self
             .conn
