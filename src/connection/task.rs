@@ -240,12 +240,7 @@ impl Actor {
             }
             Command::SetUrl(url) => {
                 self.set_url(url);
-                self.hold = false;
-                if self.online {
-                    Flow::ConnectNow
-                } else {
-                    Flow::Stay
-                }
+                self.offline_command(Command::Reconnect)
             }
             Command::Reconnect => {
                 self.hold = false;
@@ -292,16 +287,14 @@ impl Actor {
         sent_expired
     }
 
-    /// Another push server: forget what was queued for the old one, and have TLS roots
-    /// when the new one needs them.
+    /// Another push server: forget what was queued for the old one; load TLS roots if needed.
     fn set_url(&mut self, url: String) {
         info!("moving to another push server");
         self.unregisters.clear();
         if url.starts_with("wss://") && self.tls.is_none() {
-            match super::system_tls() {
-                Ok(tls) => self.tls = Some(tls),
-                Err(e) => warn!(error = %e, "no TLS roots for the new push server"),
-            }
+            self.tls = super::system_tls()
+                .inspect_err(|e| warn!(error = %e, "no TLS roots for the new push server"))
+                .ok();
         }
         self.settings.url = url;
         self.backoff.reset();
