@@ -193,3 +193,42 @@ async fn set_server_url_moves_every_subscription_live_and_is_kept() {
     assert_eq!(uaid(&bus).await, new_uaid);
     assert_eq!(one.sub(s1.path.clone()).await.endpoint, new1.endpoint);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushctl_server_shows_and_switches_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let bus = Bus::start();
+    let a = push_server(&dir.path().join("a")).await;
+    let b = push_server(&dir.path().join("b")).await;
+    let daemon = Daemon::start(&bus, dir.path(), &Daemon::config_for(&a.ws_url(), "")).await;
+    wait_connected(&bus).await;
+    let one = bus.app("org.example.One").await;
+    let s1 = one.subscribe("https://one.example/").await;
+
+    let run = |args: Vec<String>| {
+        let mut cmd = daemon.pushctl_command();
+        cmd.args(args);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let out = run(vec!["--json".into(), "server".into()]).await.unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["server"], a.ws_url());
+
+    let out = run(vec!["server".into(), "http://nope/".into()])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wss://"));
+
+    let out = run(vec!["server".into(), b.ws_url()]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&b.ws_url()));
+    eventually("the subscription on the new server", || async {
+        let p = one.subscription(&s1.path).await;
+        let e = p.endpoint().await.ok()?;
+        e.starts_with(&b.http_base()).then_some(())
+    })
+    .await;
+}

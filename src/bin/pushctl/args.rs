@@ -73,6 +73,11 @@ pub enum Cmd {
         #[arg(value_enum, value_name = "on|off")]
         state: OnOff,
     },
+    /// Show the push server, or move every subscription to another one (administration)
+    Server {
+        /// A wss:// URL (ws:// with allow_insecure), or "local"
+        url: Option<String>,
+    },
     /// Check the push server end to end: subscribe, push, receive, unsubscribe
     Selftest {
         /// Seconds each step may wait for the daemon or the push server

@@ -44,6 +44,7 @@ pub async fn run(cli: Cli, out: &Out) -> Result<()> {
         Cmd::Reconnect => d.reconnect().await,
         Cmd::Send(args) => d.send(&args).await,
         Cmd::Notifications { app, state } => d.notifications(&app, state).await,
+        Cmd::Server { url } => d.server(url.as_deref()).await,
         Cmd::Selftest { timeout } => d.selftest(timeout).await,
         Cmd::Completions { .. } => unreachable!("handled before connecting"),
     }
@@ -207,6 +208,28 @@ impl<'a> Daemon<'a> {
             json!({ "reset": p.as_str() }),
             format!("Quota reset for {target}"),
         );
+        Ok(())
+    }
+
+    async fn server(&self, url: Option<&str>) -> Result<()> {
+        if let Some(url) = url {
+            self.admin.set_server_url(url).await.map_err(|e| {
+                let e = anyhow!(e);
+                if is_dbus_error(&e, &["UnknownMethod"]) {
+                    anyhow!("this webpushd cannot switch servers; update it and restart it (systemctl --user restart webpushd)")
+                } else {
+                    e.context(format!("switching to {url}"))
+                }
+            })?;
+        }
+        let server = self.admin.server_url().await?;
+        let text = match url {
+            Some(_) => format!(
+                "Moving to {server}: every subscription gets a new endpoint there, and its app is told"
+            ),
+            None => server.clone(),
+        };
+        self.done(json!({ "server": server }), text);
         Ok(())
     }
 
