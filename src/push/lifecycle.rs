@@ -503,6 +503,11 @@ impl Push {
         sent: Option<Uaid>,
         broadcasts: BTreeMap<String, String>,
     ) {
+        if self.server_changed && sent.is_some() {
+            // After a switch no UAID is offered: this hello is the old server's, read
+            // before the connection moved.
+            return;
+        }
         self.save_broadcasts(broadcasts);
         let changed = std::mem::take(&mut self.server_changed);
         let reset = changed || sent.as_ref().is_some_and(|s| *s != uaid);
