@@ -74,6 +74,7 @@ pub trait Admin {
     fn reset_quota(&self, subscription: &ObjectPath<'_>) -> zbus::Result<()>;
     fn remove(&self, subscription: &ObjectPath<'_>) -> zbus::Result<()>;
     fn reconnect(&self) -> zbus::Result<()>;
+    fn set_server_url(&self, url: &str) -> zbus::Result<()>;
     fn set_notifications_allowed(&self, app_id: &str, allowed: bool) -> zbus::Result<()>;
 }
 

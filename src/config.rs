@@ -41,7 +41,7 @@ pub enum ServerUrl {
 }
 
 impl ServerUrl {
-    fn parse(s: &str, allow_insecure: bool) -> Result<ServerUrl, String> {
+    pub fn parse(s: &str, allow_insecure: bool) -> Result<ServerUrl, String> {
         if s == "local" {
             return Ok(ServerUrl::Local);
         }

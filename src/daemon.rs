@@ -125,6 +125,8 @@ fn watchdog_interval() -> Option<Duration> {
 /// Run the daemon until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let store = open_store(&config)?;
+    let config_url = config.server_url.as_str().to_string();
+    let config = with_saved_server(config, &store);
     if config.notifications.fetch_images {
         warn!("notifications.fetch_images = true is not supported by this version: remote icons and images are never fetched");
     }
@@ -155,7 +157,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         hello_tx,
         cancel.clone(),
     )?;
-    let bus = Bus::serve(objects(&config, &push, &push_handle, &conn_handle))
+    let switch = dbus::ServerSwitch {
+        config_url,
+        allow_insecure: config.allow_insecure,
+        local_ws: local.as_ref().map(|l| l.ws_url()),
+    };
+    let bus = Bus::serve(objects(&config, &push, &push_handle, &conn_handle, switch))
         .await
         .map_err(DaemonError::Bus)?;
 
@@ -195,6 +202,7 @@ fn objects(
     push: &Push,
     push_handle: &crate::push::Handle,
     conn_handle: &connection::Handle,
+    switch: dbus::ServerSwitch,
 ) -> Objects {
     let uaid = push
         .uaid()
@@ -205,8 +213,35 @@ fn objects(
         connection: conn_handle.clone(),
         subscriptions: push.snapshot(),
         server_url: config.server_url.as_str().to_string(),
+        switch,
         uaid: Arc::new(Mutex::new(uaid)),
     }
+}
+
+/// The server chosen with Admin.SetServerUrl wins over the config's `server_url` it was
+/// chosen over; once the config names another server, the config wins and the choice is
+/// forgotten.
+fn with_saved_server(mut config: Config, store: &Store) -> Config {
+    match store.server_override() {
+        Ok(Some((server, over))) if over == config.server_url.as_str() => {
+            match ServerUrl::parse(&server, config.allow_insecure) {
+                Ok(url) => {
+                    info!(server = %server, "using the push server chosen over D-Bus");
+                    config.server_url = url;
+                }
+                Err(e) => warn!(error = %e, "ignoring the push server chosen over D-Bus"),
+            }
+        }
+        Ok(Some(_)) => {
+            info!("server_url changed in the config: it wins over the server chosen over D-Bus");
+            if let Err(e) = store.clear_server_override() {
+                warn!(error = %e, "cannot forget the server chosen over D-Bus");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "cannot read the push server chosen over D-Bus"),
+    }
+    config
 }
 
 /// Stop: cancel every task, give the connection and the tasks 5 s each to finish, then

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod ids;
 pub mod model;
 pub mod push;
+pub mod selftest;
 pub mod server;
 pub mod store;
 pub mod vapid;

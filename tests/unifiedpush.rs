@@ -91,6 +91,25 @@ async fn post_raw(endpoint: &str, enc: &crypto::Encrypted) -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_server_switch_gives_the_connector_a_new_endpoint() {
+    let w = World::new().await;
+    let other_dir = w.dir.path().join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other = push_server(&other_dir).await;
+    let name = "org.example.UpMove";
+    let record = w.dir.path().join("upmove.jsonl");
+    install(&w.bus, name, &record, "");
+    tokio::task::block_in_place(|| register(&w.bus, name, &record, "t", &[]));
+    let first = registered_endpoint(&record, 1).await;
+    assert!(first.starts_with(&w.server.http_base()), "{first}");
+
+    let admin = App::new(w.bus.connect().await).await;
+    admin.admin.set_server_url(&other.ws_url()).await.unwrap();
+    let second = registered_endpoint(&record, 2).await;
+    assert!(second.starts_with(&other.http_base()), "{second}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn v2_register_deliver_reregister_and_unregister() {
     let w = World::new().await;
     let name = "org.example.UpChat";

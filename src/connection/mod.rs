@@ -133,6 +133,9 @@ enum Command {
     BroadcastSubscribe(BTreeMap<String, String>),
     /// From NetworkManager / logind: `false` stops reconnect attempts until `true`.
     Network(bool),
+    /// Another push server: drop the connection (and what was queued for the old server)
+    /// and connect to this URL.
+    SetUrl(String),
 }
 
 /// A cheap, cloneable handle to the connection actor.
@@ -190,6 +193,12 @@ impl Handle {
 
     pub async fn broadcast_subscribe(&self, broadcasts: BTreeMap<String, String>) {
         let _ = self.tx.send(Command::BroadcastSubscribe(broadcasts)).await;
+    }
+
+    /// Move to another push server now. What was queued for the old one (unregisters) is
+    /// dropped: it must never reach the new one.
+    pub async fn set_url(&self, url: String) {
+        let _ = self.tx.send(Command::SetUrl(url)).await;
     }
 
     pub async fn network(&self, online: bool) {

@@ -238,6 +238,10 @@ impl Actor {
                 self.broadcast_subscribe = Some(b);
                 Flow::Stay
             }
+            Command::SetUrl(url) => {
+                self.set_url(url);
+                self.offline_command(Command::Reconnect)
+            }
             Command::Reconnect => {
                 self.hold = false;
                 if self.online {
@@ -281,6 +285,19 @@ impl Actor {
             }
         }
         sent_expired
+    }
+
+    /// Another push server: forget what was queued for the old one; load TLS roots if needed.
+    fn set_url(&mut self, url: String) {
+        info!("moving to another push server");
+        self.unregisters.clear();
+        if url.starts_with("wss://") && self.tls.is_none() {
+            self.tls = super::system_tls()
+                .inspect_err(|e| warn!(error = %e, "no TLS roots for the new push server"))
+                .ok();
+        }
+        self.settings.url = url;
+        self.backoff.reset();
     }
 
     async fn connect(&self) -> Result<Ws, String> {
@@ -487,6 +504,11 @@ impl Actor {
                         Command::Reconnect => {
                             info!("reconnecting on request");
                             close(ws).await;
+                            return End::Again;
+                        }
+                        Command::SetUrl(url) => {
+                            close(ws).await;
+                            self.set_url(url);
                             return End::Again;
                         }
                         Command::Network(true) => {

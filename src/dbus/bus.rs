@@ -15,7 +15,7 @@ use zbus::fdo::{RequestNameFlags, RequestNameReply};
 
 use super::checked::Checked;
 use super::identity::Resolver;
-use super::manager::{Admin, Manager, PATH};
+use super::manager::{Admin, Manager, ServerSwitch, PATH};
 use super::{notify, unifiedpush, Presence, BUS_NAME};
 use crate::connection::{self, ConnStatus};
 use crate::push::{self, DomainEvent, SubscriptionInfo};
@@ -27,6 +27,7 @@ pub struct Objects {
     /// The subscriptions there are at startup, one object each.
     pub subscriptions: Vec<SubscriptionInfo>,
     pub server_url: String,
+    pub switch: ServerSwitch,
     pub uaid: Arc<Mutex<String>>,
 }
 
@@ -50,6 +51,7 @@ impl Bus {
             connection,
             subscriptions,
             server_url,
+            switch,
             uaid,
         } = objects;
         serve(
@@ -58,7 +60,7 @@ impl Bus {
             connection,
             resolver.clone(),
             subscriptions,
-            server_url,
+            (server_url, switch),
             uaid.clone(),
         )
         .await?;
@@ -169,7 +171,7 @@ async fn serve(
     connection: connection::Handle,
     resolver: Arc<Resolver>,
     subscriptions: Vec<SubscriptionInfo>,
-    server_url: String,
+    (server_url, switch): (String, ServerSwitch),
     uaid: Arc<Mutex<String>>,
 ) -> zbus::Result<()> {
     let server = conn.object_server();
@@ -190,7 +192,8 @@ async fn serve(
                 conn: connection.clone(),
                 resolver: resolver.clone(),
                 status: connection.status(),
-                server_url,
+                server_url: Mutex::new(server_url),
+                switch,
                 uaid,
             }),
         )

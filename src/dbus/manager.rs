@@ -16,6 +16,7 @@ use zbus::{fdo, interface};
 use super::error::Error;
 use super::identity::{Identity, Resolver};
 use super::{message_meta, subscription_id_from_path, subscription_path};
+use crate::config::ServerUrl;
 use crate::connection::{self, ConnStatus};
 use crate::crypto;
 use crate::ids::Scope;
@@ -274,12 +275,23 @@ impl Manager {
     ) -> zbus::Result<()>;
 }
 
+/// What `SetServerUrl` needs to know of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSwitch {
+    /// `server_url` as the config file (or flag, or environment) says.
+    pub config_url: String,
+    pub allow_insecure: bool,
+    /// The local push service's WebSocket URL, when it runs.
+    pub local_ws: Option<String>,
+}
+
 pub struct Admin {
     pub(super) push: push::Handle,
     pub(super) conn: connection::Handle,
     pub(super) resolver: Arc<Resolver>,
     pub(super) status: watch::Receiver<ConnStatus>,
-    pub(super) server_url: String,
+    pub(super) server_url: Mutex<String>,
+    pub(super) switch: ServerSwitch,
     pub(super) uaid: Arc<Mutex<String>>,
 }
 
@@ -311,7 +323,7 @@ impl Admin {
 
     #[zbus(property)]
     fn server_url(&self) -> String {
-        self.server_url.clone()
+        self.server_url.lock().expect("server lock").clone()
     }
 
     /// The full UAID: only for unsandboxed callers (a hello with it knocks us off).
@@ -345,7 +357,7 @@ impl Admin {
             );
         };
         put("state", Value::from(s.state.as_str()));
-        put("server", Value::from(self.server_url.as_str()));
+        put("server", Value::from(self.server_url()));
         put(
             "uaid",
             Value::from(self.uaid.lock().expect("uaid lock").clone()),
@@ -426,6 +438,42 @@ impl Admin {
                 reply,
             })
             .await?)
+    }
+
+    /// Move every subscription to another push server, and keep the choice.
+    async fn set_server_url(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        url: &str,
+    ) -> Result<(), Error> {
+        self.admin(&hdr).await?;
+        let parsed =
+            ServerUrl::parse(url, self.switch.allow_insecure).map_err(Error::InvalidArgument)?;
+        let ws_url = match &parsed {
+            ServerUrl::Remote(u) => u.clone(),
+            ServerUrl::Local => self.switch.local_ws.clone().ok_or_else(|| {
+                Error::Unavailable(
+                    "the local push service starts with the daemon: set server_url = \"local\" in webpushd.toml and restart webpushd".into(),
+                )
+            })?,
+        };
+        let server = parsed.as_str().to_string();
+        let config_server = self.switch.config_url.clone();
+        let changed = self
+            .push
+            .request(|reply| Request::SetServer {
+                server: server.clone(),
+                ws_url,
+                config_server,
+                reply,
+            })
+            .await?;
+        if changed {
+            *self.server_url.lock().expect("server lock") = server;
+            self.server_url_changed(&emitter).await?;
+        }
+        Ok(())
     }
 
     async fn reconnect(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), Error> {

@@ -34,6 +34,7 @@ pub use self::bus::{Bus, Objects};
 use self::checked::Checked;
 use self::error::Error;
 use self::identity::Resolver;
+pub use self::manager::ServerSwitch;
 use self::manager::{Admin, Manager, PATH};
 use self::subscription::SubscriptionObject;
 use crate::connection::ConnStatus;

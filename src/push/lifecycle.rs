@@ -14,6 +14,7 @@ use crate::clock::now_ms;
 use crate::connection::{RequestError, Unregister};
 use crate::crypto::{self, SubscriptionKeys};
 use crate::ids::{AppId, ChannelId, Scope, Uaid};
+use crate::store::Store;
 
 /// Why a subscription got a new channel (the `reason` of `SubscriptionChanged`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub enum RenewalReason {
     ServerReset,
     /// An expired subscription came back: its app was used, or subscribed again.
     ExpiredRenewed,
+    /// The push server changed (`server_url`): the subscription is on the new one now.
+    ServerChanged,
 }
 
 impl RenewalReason {
@@ -30,6 +33,7 @@ impl RenewalReason {
         match self {
             RenewalReason::ServerReset => "server-reset",
             RenewalReason::ExpiredRenewed => "expired-renewed",
+            RenewalReason::ServerChanged => "server-changed",
         }
     }
 }
@@ -410,7 +414,10 @@ impl Push {
         e: RequestError,
     ) -> Result<SubscriptionInfo, PushError> {
         warn!(subscription = id, error = %e, "re-registration failed");
-        if reason == RenewalReason::ServerReset {
+        if matches!(
+            reason,
+            RenewalReason::ServerReset | RenewalReason::ServerChanged
+        ) {
             if let RequestError::Rejected(_) = e {
                 // The server refuses this channel: it is gone for good.
                 self.expire(id, ExpiryReason::Server, Unregister::Revoked);
@@ -498,21 +505,36 @@ impl Push {
         sent: Option<Uaid>,
         broadcasts: BTreeMap<String, String>,
     ) {
+        if self.server_changed && sent.is_some() {
+            // After a switch no UAID is offered: this hello is the old server's, read
+            // before the connection moved.
+            return;
+        }
         self.save_broadcasts(broadcasts);
-        let reset = sent.as_ref().is_some_and(|s| *s != uaid);
-        if self.uaid.as_ref() != Some(&uaid) {
-            if let Err(e) = self.store.set_uaid(&uaid) {
+        let changed = std::mem::take(&mut self.server_changed);
+        let reset = changed || sent.as_ref().is_some_and(|s| *s != uaid);
+        if self.uaid.as_ref() != Some(&uaid) || changed {
+            if let Err(e) = self.store.set_uaid_of(&uaid, &self.policy.server_url) {
                 error!(error = %e, "cannot store the UAID");
             }
             self.uaid = Some(uaid.clone());
             self.emit(DomainEvent::Uaid(uaid.as_str().to_string()));
         }
-        if reset {
+        let reason = if changed {
             warn!(
                 uaid = uaid.short(),
-                "the server assigned a new UAID: registering every channel again"
+                "a new push server: registering every channel on it"
             );
-        }
+            RenewalReason::ServerChanged
+        } else {
+            if reset {
+                warn!(
+                    uaid = uaid.short(),
+                    "the server assigned a new UAID: registering every channel again"
+                );
+            }
+            RenewalReason::ServerReset
+        };
         // Re-register after a reset, and retry any earlier re-registration that failed.
         let ids = self
             .index
@@ -521,8 +543,68 @@ impl Push {
             if let Some(s) = self.index.get_mut(id) {
                 s.endpoint.clear();
             }
-            self.start_renew(id, RenewalReason::ServerReset, false);
+            self.start_renew(id, reason, false);
         }
         self.update_hello();
+    }
+}
+
+impl Push {
+    /// Move to another push server, live: remember the choice, give the old server its
+    /// channels back (best effort: it gets them if the connection is up), offer it no UAID,
+    /// and register every subscription on the new one once it answers (`hello_event`).
+    pub(super) fn set_server(
+        &mut self,
+        server: String,
+        ws_url: String,
+        config_server: &str,
+    ) -> Result<bool, PushError> {
+        let saved = if server == config_server {
+            self.store.clear_server_override()
+        } else {
+            self.store.set_server_override(&server, config_server)
+        };
+        saved.map_err(|e| PushError::Failed(format!("cannot store the server: {e}")))?;
+        if server == self.policy.server_url {
+            return Ok(false);
+        }
+        info!("moving every subscription to another push server");
+        for id in self
+            .index
+            .ids_where(|s| !s.expired && !s.endpoint.is_empty())
+        {
+            if let Some(s) = self.index.get(id) {
+                self.io
+                    .conn
+                    .unregister(s.channel_id.clone(), Unregister::ByApp);
+            }
+        }
+        self.policy.server_url = server;
+        self.uaid = None;
+        self.server_changed = true;
+        self.update_hello();
+        let conn = self.io.conn.clone();
+        tokio::spawn(async move { conn.set_url(ws_url).await });
+        Ok(true)
+    }
+}
+
+/// The stored UAID, unless it came from another push server than `server` (then `None`
+/// and `true`: it must never be offered to this one). A UAID stored before its server was
+/// recorded is taken to be the configured server's.
+pub(super) fn uaid_for_server(
+    store: &Store,
+    server: &str,
+) -> Result<(Option<Uaid>, bool), crate::store::StoreError> {
+    let uaid = store.uaid()?;
+    match (&uaid, store.uaid_server()?) {
+        (Some(u), Some(from)) if from != server => {
+            info!(
+                uaid = u.short(),
+                "the push server changed: every subscription moves to the new one"
+            );
+            Ok((None, true))
+        }
+        _ => Ok((uaid, false)),
     }
 }

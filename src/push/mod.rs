@@ -130,6 +130,9 @@ pub struct Policy {
     pub notifications_enabled: bool,
     pub rate_per_minute: u32,
     pub mutable_grace: Duration,
+    /// The push server as configured (a URL, or `local`): the one a stored UAID must
+    /// have come from to be offered in the hello.
+    pub server_url: String,
 }
 
 impl Policy {
@@ -144,6 +147,7 @@ impl Policy {
             notifications_enabled: c.notifications.enabled,
             rate_per_minute: c.notifications.rate_per_minute,
             mutable_grace: c.notifications.mutable_grace,
+            server_url: c.server_url.as_str().to_string(),
         }
     }
 }
@@ -169,6 +173,9 @@ pub struct Push {
     io: Io,
     index: Index,
     uaid: Option<Uaid>,
+    /// The stored UAID came from another push server: offer none in the hello, and
+    /// register every subscription on the new server when it answers.
+    server_changed: bool,
     registrations: Registrations,
     delivery: DeliveryState,
     burst: BurstState,
@@ -186,7 +193,7 @@ impl Push {
         cancel: CancellationToken,
     ) -> Result<(Push, Handle), crate::store::StoreError> {
         let (tx, inputs) = mpsc::channel(1024);
-        let uaid = store.uaid()?;
+        let (uaid, server_changed) = lifecycle::uaid_for_server(&store, &policy.server_url)?;
         let io = Io {
             conn,
             conn_events,
@@ -204,6 +211,7 @@ impl Push {
             io,
             index: Index::default(),
             uaid,
+            server_changed,
             registrations: Registrations::default(),
             delivery: DeliveryState::default(),
             burst: BurstState::default(),

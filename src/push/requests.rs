@@ -86,6 +86,15 @@ impl Push {
                 }
                 let _ = reply.send(res);
             }
+            Request::SetServer {
+                server,
+                ws_url,
+                config_server,
+                reply,
+            } => {
+                let res = self.set_server(server, ws_url, &config_server);
+                let _ = reply.send(res);
+            }
             Request::SetNotificationsAllowed {
                 app,
                 allowed,

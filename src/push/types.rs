@@ -172,6 +172,15 @@ pub enum Request {
         allowed: bool,
         reply: Reply<()>,
     },
+    /// Move to another push server: `server` as configured (a URL or `local`), `ws_url`
+    /// where to connect, `config_server` the config file's value it overrides. Answers
+    /// whether anything changed.
+    SetServer {
+        server: String,
+        ws_url: String,
+        config_server: String,
+        reply: Reply<bool>,
+    },
 }
 
 /// Extra metadata of a `Message` for declarative messages.

@@ -34,6 +34,7 @@ pub(crate) struct FaultState {
     pub force_new_uaid: bool,
     pub ignore_pings: bool,
     pub refuse_connections: bool,
+    pub endpoint_status: Option<u16>,
     pub connection_attempts: Vec<Instant>,
 }
 
@@ -115,6 +116,12 @@ impl Faults {
         self.lock().refuse_connections = refuse;
     }
 
+    /// Answer every push to an endpoint with this status and an empty body, as a broken or
+    /// misconfigured endpoint would (`None` clears).
+    pub fn set_endpoint_status(&self, status: Option<u16>) {
+        self.lock().endpoint_status = status;
+    }
+
     /// When each TCP connection was accepted, oldest first.
     pub fn connection_attempts(&self) -> Vec<Instant> {
         self.lock().connection_attempts.clone()
@@ -146,6 +153,10 @@ impl Faults {
 
     pub(crate) fn omit_replies(&self) -> bool {
         self.lock().omit_replies
+    }
+
+    pub(crate) fn endpoint_status(&self) -> Option<u16> {
+        self.lock().endpoint_status
     }
 
     pub(crate) fn register_status(&self) -> Option<u16> {

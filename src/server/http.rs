@@ -76,6 +76,12 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let post = req.method() == Method::POST;
+    if let (true, Some(code)) = (
+        post && segments.first() == Some(&"wpush"),
+        shared.faults.as_ref().and_then(|f| f.endpoint_status()),
+    ) {
+        return empty(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    }
     let result = match segments.as_slice() {
         // As autoendpoint's routes: `/wpush/{token}` is a v1 endpoint, any other version
         // than v1 and v2 is 404 errno 102.

@@ -289,6 +289,58 @@ impl Store {
         Ok(())
     }
 
+    /// The push server (as configured: a URL or `local`) the stored UAID came from; `None`
+    /// when not recorded (a UAID stored by an older version).
+    pub fn uaid_server(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'uaid_server'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Store the UAID with the server that assigned it, in one statement.
+    pub fn set_uaid_of(&self, uaid: &Uaid, server: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('uaid', ?1), ('uaid_server', ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [uaid.as_str(), server],
+        )?;
+        Ok(())
+    }
+
+    /// The push server chosen over D-Bus (`SetServerUrl`), with the config file's
+    /// `server_url` it was chosen over.
+    pub fn server_override(&self) -> Result<Option<(String, String)>, StoreError> {
+        let get = |key: &str| -> Result<Option<String>, StoreError> {
+            Ok(self
+                .conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()?)
+        };
+        Ok(get("server_url")?.zip(get("server_url_over")?))
+    }
+
+    pub fn set_server_override(&self, server: &str, over: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('server_url', ?1), ('server_url_over', ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [server, over],
+        )?;
+        Ok(())
+    }
+
+    pub fn clear_server_override(&self) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM meta WHERE key IN ('server_url', 'server_url_over')",
+            [],
+        )?;
+        Ok(())
+    }
+
     pub fn broadcasts(&self) -> Result<Vec<(String, String)>, StoreError> {
         let mut st = self
             .conn

@@ -73,6 +73,17 @@ pub enum Cmd {
         #[arg(value_enum, value_name = "on|off")]
         state: OnOff,
     },
+    /// Show the push server, or move every subscription to another one (administration)
+    Server {
+        /// A wss:// URL (ws:// with allow_insecure), or "local"
+        url: Option<String>,
+    },
+    /// Check the push server end to end: subscribe, push, receive, unsubscribe
+    Selftest {
+        /// Seconds each step may wait for the daemon or the push server
+        #[arg(long, value_name = "SECONDS", default_value_t = 20)]
+        timeout: u64,
+    },
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
 }

@@ -13,7 +13,9 @@ use zbus::zvariant::{OwnedObjectPath, Value};
 use crate::args::{is_url, Cli, Cmd, OnOff, QuotaCmd, SendArgs};
 use crate::errors::{is_dbus_error, one_line, path_error, shell_word, zbus_error_is, Acting};
 use crate::monitor::monitor;
-use crate::output::{print_list, print_messages, print_one, print_status, say, Out, Status};
+use crate::output::{
+    print_list, print_messages, print_one, print_selftest, print_status, say, Out, Status,
+};
 use crate::send::{self, SendTarget};
 
 /// Where the daemon puts subscription objects.
@@ -42,6 +44,8 @@ pub async fn run(cli: Cli, out: &Out) -> Result<()> {
         Cmd::Reconnect => d.reconnect().await,
         Cmd::Send(args) => d.send(&args).await,
         Cmd::Notifications { app, state } => d.notifications(&app, state).await,
+        Cmd::Server { url } => d.server(url.as_deref()).await,
+        Cmd::Selftest { timeout } => d.selftest(timeout).await,
         Cmd::Completions { .. } => unreachable!("handled before connecting"),
     }
 }
@@ -207,6 +211,28 @@ impl<'a> Daemon<'a> {
         Ok(())
     }
 
+    async fn server(&self, url: Option<&str>) -> Result<()> {
+        if let Some(url) = url {
+            self.admin.set_server_url(url).await.map_err(|e| {
+                let e = anyhow!(e);
+                if is_dbus_error(&e, &["UnknownMethod"]) {
+                    anyhow!("this webpushd cannot switch servers; update it and restart it (systemctl --user restart webpushd)")
+                } else {
+                    e.context(format!("switching to {url}"))
+                }
+            })?;
+        }
+        let server = self.admin.server_url().await?;
+        let text = match url {
+            Some(_) => format!(
+                "Moving to {server}: every subscription gets a new endpoint there, and its app is told"
+            ),
+            None => server.clone(),
+        };
+        self.done(json!({ "server": server }), text);
+        Ok(())
+    }
+
     async fn reconnect(&self) -> Result<()> {
         self.admin
             .reconnect()
@@ -277,6 +303,15 @@ impl<'a> Daemon<'a> {
     }
 
     /// The outcome of a command that changed something: `json` with `--json`, else `text`.
+    async fn selftest(&self, timeout: u64) -> Result<()> {
+        let report = webpushd::selftest::run(&self.conn, Duration::from_secs(timeout)).await;
+        print_selftest(&report, self.out);
+        match report.failed() {
+            None => Ok(()),
+            Some(s) => Err(anyhow!("self-test failed at step {}: {}", s.name, s.detail)),
+        }
+    }
+
     fn done(&self, json: Json, text: String) {
         if self.out.json {
             self.out.json(&json);

@@ -359,3 +359,39 @@ fn status_rows(s: &Status) -> Vec<(&'static str, String)> {
     }
     rows
 }
+
+/// `selftest`: one line per step run, with its time; in JSON, the steps and the verdict.
+pub fn print_selftest(r: &webpushd::selftest::Report, out: &Out) {
+    if out.json {
+        let steps: Vec<Json> = r
+            .steps
+            .iter()
+            .map(|s| {
+                json!({
+                    "step": s.name,
+                    "ok": s.ok,
+                    "ms": s.elapsed.as_millis() as u64,
+                    "detail": s.detail,
+                })
+            })
+            .collect();
+        out.json(&json!({
+            "ok": r.ok(),
+            "failed_step": r.failed().map(|s| s.name),
+            "steps": steps,
+        }));
+        return;
+    }
+    for s in &r.steps {
+        let mark = if s.ok { "ok  " } else { "FAIL" };
+        say!(
+            "{mark} {:<12} {:>6} ms  {}",
+            s.name,
+            s.elapsed.as_millis(),
+            s.detail
+        );
+    }
+    if r.ok() {
+        say!("the push server works end to end");
+    }
+}
