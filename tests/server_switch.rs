@@ -17,15 +17,28 @@ async fn uaid(w: &Bus) -> String {
     admin.uaid().await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_server_url_between_runs_moves_every_subscription() {
+/// Two push servers, a daemon on the first, and two apps with a subscription each.
+struct Setup {
+    dir: tempfile::TempDir,
+    bus: Bus,
+    a: webpushd::server::PushServer,
+    b: webpushd::server::PushServer,
+    daemon: Daemon,
+    one: App,
+    two: App,
+    s1: Sub,
+    s2: Sub,
+    old_uaid: String,
+}
+
+async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("a")).unwrap();
     std::fs::create_dir_all(dir.path().join("b")).unwrap();
     let bus = Bus::start();
     let a = push_server(&dir.path().join("a")).await;
     let b = push_server(&dir.path().join("b")).await;
-    let mut daemon = Daemon::start(&bus, dir.path(), &Daemon::config_for(&a.ws_url(), "")).await;
+    let daemon = Daemon::start(&bus, dir.path(), &Daemon::config_for(&a.ws_url(), "")).await;
     wait_connected(&bus).await;
 
     let one = bus.app("org.example.One").await;
@@ -33,6 +46,34 @@ async fn a_new_server_url_between_runs_moves_every_subscription() {
     let s1 = one.subscribe("https://one.example/").await;
     let s2 = two.subscribe("https://two.example/").await;
     let old_uaid = uaid(&bus).await;
+    Setup {
+        dir,
+        bus,
+        a,
+        b,
+        daemon,
+        one,
+        two,
+        s1,
+        s2,
+        old_uaid,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_url_between_runs_moves_every_subscription() {
+    let Setup {
+        dir,
+        bus,
+        a,
+        b,
+        mut daemon,
+        one,
+        two,
+        s1,
+        s2,
+        old_uaid,
+    } = setup().await;
     assert!(a.is_connected(&old_uaid));
 
     // A message stored before the switch, not yet acknowledged.
@@ -103,20 +144,18 @@ async fn a_new_server_url_between_runs_moves_every_subscription() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_server_url_moves_every_subscription_live_and_is_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("a")).unwrap();
-    std::fs::create_dir_all(dir.path().join("b")).unwrap();
-    let bus = Bus::start();
-    let a = push_server(&dir.path().join("a")).await;
-    let b = push_server(&dir.path().join("b")).await;
-    let mut daemon = Daemon::start(&bus, dir.path(), &Daemon::config_for(&a.ws_url(), "")).await;
-    wait_connected(&bus).await;
-
-    let one = bus.app("org.example.One").await;
-    let two = bus.app("org.example.Two").await;
-    let s1 = one.subscribe("https://one.example/").await;
-    let s2 = two.subscribe("https://two.example/").await;
-    let old_uaid = uaid(&bus).await;
+    let Setup {
+        dir: _dir,
+        bus,
+        a,
+        b,
+        mut daemon,
+        one,
+        two,
+        s1,
+        s2,
+        old_uaid,
+    } = setup().await;
     let mut m1 = one.messages().await;
     assert_eq!(post(&s1, b"before the switch").await.status, 201);
     assert_eq!(
