@@ -277,6 +277,40 @@ async fn a_refused_re_registration_after_a_reset_expires_the_subscription_for_th
     assert!(matches!(post(&sub, b"x").await.status, 404 | 410));
 }
 
+/// A server error (5xx) while re-registering is the server's trouble, not a refusal: the
+/// subscription is kept and renewed at the next hello.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_error_while_re_registering_keeps_the_subscription_for_the_next_hello() {
+    let w = World::with_config(FAST).await;
+    let admin = admin(&w.bus).await;
+    wait_state(&admin, "connected").await;
+    let app = w.bus.app("org.example.Reset5xx").await;
+    let sub = app.subscribe("s").await;
+    let mut changed = app.manager.receive_subscription_changed().await.unwrap();
+    let registers = w.server.stats().registers;
+
+    let f = faults(&w);
+    f.set_register_status(Some(500));
+    f.force_new_uaid();
+    admin.reconnect().await.unwrap();
+    wait_stats(&w, "the refused re-registration", |s| {
+        (s.registers > registers).then_some(())
+    })
+    .await;
+    tokio::time::sleep(QUIET).await;
+    let p = app.subscription(&sub.path).await;
+    assert!(!p.expired().await.unwrap(), "a 5xx must not expire it");
+
+    f.set_register_status(None);
+    admin.reconnect().await.unwrap();
+    let sig = next(&mut changed, "SubscriptionChanged").await;
+    assert_eq!(sig.args().unwrap().reason(), &"server-reset");
+    let renewed = app.sub(sub.path.clone()).await;
+    assert_ne!(renewed.endpoint, sub.endpoint);
+    assert!(!p.expired().await.unwrap());
+    assert_eq!(post(&renewed, b"after the 5xx").await.status, 201);
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. The connection cut at each step of the protocol
 

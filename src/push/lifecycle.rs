@@ -418,9 +418,13 @@ impl Push {
             reason,
             RenewalReason::ServerReset | RenewalReason::ServerChanged
         ) {
-            if let RequestError::Rejected(_) = e {
-                // The server refuses this channel: it is gone for good.
-                self.expire(id, ExpiryReason::Server, Unregister::Revoked);
+            if let RequestError::Rejected(status) = e {
+                // The server refuses this channel (4xx): it is gone for good. A 5xx is the
+                // server's own trouble (autopush-rs answers 500 when its storage fails):
+                // the subscription stays, and the next hello tries again.
+                if status < 500 {
+                    self.expire(id, ExpiryReason::Server, Unregister::Revoked);
+                }
             }
         }
         Err(request_error(e))
