@@ -154,8 +154,14 @@ impl Test<'_> {
                     .filter(|s| !s.is_empty())
                     .map(|s| format!(": {s}"))
                     .unwrap_or_default();
+                let doing = match state.as_str() {
+                    "backoff" => "waiting to reconnect",
+                    "connecting" => "still connecting",
+                    "offline" => "offline",
+                    other => other,
+                };
                 return Err(format!(
-                    "the daemon is {state}, not connected to the push server{last}"
+                    "the daemon is {doing}, not connected to the push server{last}"
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
