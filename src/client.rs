@@ -76,6 +76,12 @@ pub trait Admin {
     fn reconnect(&self) -> zbus::Result<()>;
     fn set_server_url(&self, url: &str) -> zbus::Result<()>;
     fn set_notifications_allowed(&self, app_id: &str, allowed: bool) -> zbus::Result<()>;
+    #[zbus(property)]
+    fn notifications_denied(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(signal)]
+    fn subscription_added(&self, subscription: ObjectPath<'_>, app_id: &str) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn subscription_removed(&self, subscription: ObjectPath<'_>, app_id: &str) -> zbus::Result<()>;
 }
 
 #[proxy(
@@ -99,6 +105,8 @@ pub trait Subscription {
     fn application_server_key(&self) -> zbus::Result<Vec<u8>>;
     #[zbus(property)]
     fn push_count(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn pending_messages(&self) -> zbus::Result<u32>;
     #[zbus(property)]
     fn last_push(&self) -> zbus::Result<i64>;
     #[zbus(property)]

@@ -66,6 +66,15 @@ fn err(e: impl std::fmt::Display) -> String {
 /// Run the self-test over `conn` (the caller's own connection: the temporary subscription
 /// belongs to the caller's app). `wait` bounds each step that waits on the server.
 pub async fn run(conn: &zbus::Connection, wait: Duration) -> Report {
+    run_with(conn, wait, |_| {}).await
+}
+
+/// As `run`, telling `progress` of each step as it ends (a window shows them as they go).
+pub async fn run_with(
+    conn: &zbus::Connection,
+    wait: Duration,
+    mut progress: impl FnMut(&Step),
+) -> Report {
     let mut report = Report::default();
     let mut t = Test {
         conn,
@@ -87,6 +96,7 @@ pub async fn run(conn: &zbus::Connection, wait: Duration) -> Report {
             elapsed: start.elapsed(),
             detail: res.unwrap_or_else(|e| e),
         });
+        progress(report.steps.last().expect("just pushed"));
         if !ok {
             break;
         }

@@ -342,6 +342,31 @@ impl Admin {
         crate::VERSION.to_string()
     }
 
+    /// The apps forbidden to show push messages as desktop notifications.
+    #[zbus(property)]
+    async fn notifications_denied(&self) -> fdo::Result<Vec<String>> {
+        self.push
+            .request(|reply| Request::NotificationsDenied { reply })
+            .await
+            .map_err(|e| fdo::Error::Failed(e.to_string()))
+    }
+
+    /// A subscription was made, by any app (the path and the app only).
+    #[zbus(signal)]
+    pub async fn subscription_added(
+        emitter: &SignalEmitter<'_>,
+        subscription: ObjectPath<'_>,
+        app_id: &str,
+    ) -> zbus::Result<()>;
+
+    /// A subscription was removed, by its app, the user or the daemon.
+    #[zbus(signal)]
+    pub async fn subscription_removed(
+        emitter: &SignalEmitter<'_>,
+        subscription: ObjectPath<'_>,
+        app_id: &str,
+    ) -> zbus::Result<()>;
+
     async fn status(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -425,19 +450,21 @@ impl Admin {
     async fn set_notifications_allowed(
         &self,
         #[zbus(header)] hdr: Header<'_>,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
         app_id: &str,
         allowed: bool,
     ) -> Result<(), Error> {
         self.admin(&hdr).await?;
         let app = crate::ids::AppId::parse(app_id)?;
-        Ok(self
-            .push
+        self.push
             .request(|reply| Request::SetNotificationsAllowed {
                 app,
                 allowed,
                 reply,
             })
-            .await?)
+            .await?;
+        self.notifications_denied_changed(&emitter).await?;
+        Ok(())
     }
 
     /// Move every subscription to another push server, and keep the choice.

@@ -202,9 +202,17 @@ struct Pump {
 impl Pump {
     async fn one(&self, ev: DomainEvent) -> zbus::Result<()> {
         match ev {
-            DomainEvent::Added(info) | DomainEvent::Updated(info) => {
+            DomainEvent::Added(info) => {
+                let (path, app) = (subscription_path(info.id), info.app_id.clone());
+                ensure_object(&self.conn, &self.push, &self.resolver, info).await?;
+                // Broadcast: the path and the app id only, no capabilities.
+                let e = SignalEmitter::new(&self.conn, PATH)?;
+                Admin::subscription_added(&e, path.as_ref(), app.as_str()).await
+            }
+            DomainEvent::Updated(info) => {
                 ensure_object(&self.conn, &self.push, &self.resolver, info).await
             }
+            DomainEvent::PendingChanged(ids) => self.pending_changed(ids).await,
             DomainEvent::Removed(info) => self.removed(info).await,
             DomainEvent::ShowNotification {
                 subscription,
@@ -234,13 +242,32 @@ impl Pump {
     }
 
     async fn removed(&self, info: SubscriptionInfo) -> zbus::Result<()> {
+        let path = subscription_path(info.id);
         self.conn
             .object_server()
-            .remove::<Checked<SubscriptionObject>, _>(subscription_path(info.id))
+            .remove::<Checked<SubscriptionObject>, _>(&path)
             .await?;
+        let app = info.app_id.clone();
+        let e = SignalEmitter::new(&self.conn, PATH)?;
+        Admin::subscription_removed(&e, path.as_ref(), app.as_str()).await?;
         if matches!(info.kind, Kind::UnifiedPush(_)) {
             // Confirms an unregistration, or tells the app it ended.
             self.spawn_unregistered(info);
+        }
+        Ok(())
+    }
+
+    /// The count of pending messages changed: an invalidation, read when wanted.
+    async fn pending_changed(&self, ids: Vec<i64>) -> zbus::Result<()> {
+        for id in ids {
+            let emitter = SignalEmitter::new(&self.conn, subscription_path(id))?;
+            zbus::fdo::Properties::properties_changed(
+                &emitter,
+                <SubscriptionObject as zbus::object_server::Interface>::name(),
+                Default::default(),
+                ["PendingMessages"].as_slice().into(),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -445,6 +472,7 @@ pub(crate) async fn ensure_object(
     }
     if old.push_count != info.push_count {
         changed.insert("PushCount", Value::from(info.push_count));
+        invalidated.push("PendingMessages");
     }
     if old.last_push != info.last_push {
         changed.insert("LastPush", Value::from(info.last_push));

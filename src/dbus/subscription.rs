@@ -220,6 +220,19 @@ impl SubscriptionObject {
         Ok(info.bus_name.clone())
     }
 
+    /// Messages stored for the app and not yet acknowledged (or handed over).
+    #[zbus(property(emits_changed_signal = "invalidates"))]
+    async fn pending_messages(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<u32> {
+        let info = self.now(hdr, Read::Details).await?;
+        let id = info.id;
+        let n = self
+            .push
+            .request(|reply| Request::Pending { id, reply })
+            .await
+            .map_err(|e| fdo::Error::Failed(e.to_string()))?;
+        Ok(n.min(u32::MAX as u64) as u32)
+    }
+
     /// UnifiedPush's registration description; empty otherwise.
     #[zbus(property)]
     async fn description(&self, #[zbus(header)] hdr: Option<Header<'_>>) -> fdo::Result<String> {

@@ -3,7 +3,8 @@
 use tracing::{debug, info};
 
 use super::{
-    Counts, Input, MessageId, Push, PushError, Reply, Request, SubscriptionInfo, SubscriptionRecord,
+    Counts, DomainEvent, Input, MessageId, Push, PushError, Reply, Request, SubscriptionInfo,
+    SubscriptionRecord,
 };
 use crate::connection::Unregister;
 use crate::ids::{AppId, Scope};
@@ -110,6 +111,21 @@ impl Push {
             Request::Counts { reply } => {
                 let _ = reply.send(Ok(self.counts()));
             }
+            Request::Pending { id, reply } => {
+                let res = self.owned(None, id).and_then(|_| {
+                    self.store
+                        .pending_count(id)
+                        .map_err(|e| PushError::Failed(format!("cannot count messages: {e}")))
+                });
+                let _ = reply.send(res);
+            }
+            Request::NotificationsDenied { reply } => {
+                let res = self
+                    .store
+                    .notifications_denied()
+                    .map_err(|e| PushError::Failed(format!("cannot read the permissions: {e}")));
+                let _ = reply.send(res);
+            }
         }
     }
 
@@ -169,8 +185,9 @@ impl Push {
             Ok(v) => v.clone().into_iter(),
             Err(_) => Vec::new().into_iter(),
         };
-        // Nothing an app can see of a subscription changes with an ack (its pending
-        // messages are read from the store when asked): no Updated event.
+        // Of a subscription, only its count of pending messages changes with an ack (read
+        // from the store when asked): one PendingChanged for the batch, no Updated event.
+        let mut emptied: Vec<i64> = Vec::new();
         for i in items {
             self.delivery.taken(&i.message_id);
             // One result per item that has a subscription, in order.
@@ -182,8 +199,16 @@ impl Push {
                 let _ = i.reply.send(Ok(()));
                 continue;
             }
+            if let (Some(id), Some(true)) = (i.id, deleted) {
+                if !emptied.contains(&id) {
+                    emptied.push(id);
+                }
+            }
             let res = ack_result(&i, &done, deleted);
             let _ = i.reply.send(res);
+        }
+        if !emptied.is_empty() {
+            self.emit(DomainEvent::PendingChanged(emptied));
         }
     }
 

@@ -167,6 +167,15 @@ pub enum Request {
     Counts {
         reply: Reply<Counts>,
     },
+    /// How many messages subscription `id` holds for its app.
+    Pending {
+        id: i64,
+        reply: Reply<u64>,
+    },
+    /// The apps forbidden to show desktop notifications.
+    NotificationsDenied {
+        reply: Reply<Vec<String>>,
+    },
     SetNotificationsAllowed {
         app: AppId,
         allowed: bool,
@@ -247,4 +256,6 @@ pub enum DomainEvent {
         reason: &'static str,
     },
     Uaid(String),
+    /// Acknowledgements removed messages of these subscriptions.
+    PendingChanged(Vec<i64>),
 }

@@ -384,6 +384,15 @@ impl Store {
         Ok(v.unwrap_or(true))
     }
 
+    /// The apps forbidden to show desktop notifications, by app id.
+    pub fn notifications_denied(&self) -> Result<Vec<String>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT app_id FROM notification_permissions WHERE NOT allowed ORDER BY app_id",
+        )?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn set_notifications_allowed(&self, app: &AppId, allowed: bool) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO notification_permissions (app_id, allowed) VALUES (?1, ?2)
