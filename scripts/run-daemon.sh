@@ -8,8 +8,8 @@
 #   Mozilla's service.
 set -e
 cd "$(dirname "$0")/.."
-sh scripts/deps.sh
-cargo build --quiet --bins
+sh scripts/deps.sh --daemon
+cargo build --quiet -p webpushd --bins
 bin="$PWD/target/debug"
 args="$*"
 case " $args " in *" --server-url "*) ;; *) args="--server-url local $args" ;; esac

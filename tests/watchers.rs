@@ -69,13 +69,7 @@ async fn a_watcher_sees_subscriptions_come_and_go_and_messages_wait() {
 async fn wait_invalidated(changes: &mut zbus::fdo::PropertiesChangedStream, name: &str) {
     loop {
         let sig = next(changes, name).await;
-        if sig
-            .args()
-            .unwrap()
-            .invalidated_properties()
-            .iter()
-            .any(|p| *p == name)
-        {
+        if sig.args().unwrap().invalidated_properties().contains(&name) {
             return;
         }
     }

@@ -91,6 +91,7 @@ fn build(app: &adw::Application, commands: mpsc::UnboundedSender<Command>) -> Rc
     let unavailable_row = adw::ActionRow::builder().title("Starting it…").build();
     let retry = gtk::Button::builder()
         .label("Try Again")
+        .name("retry")
         .valign(gtk::Align::Center)
         .build();
     unavailable_row.add_suffix(&retry);

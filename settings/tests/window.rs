@@ -31,6 +31,7 @@ fn main() {
     app.register(gio::Cancellable::NONE).expect("register");
     let ui = window::present(&app);
 
+    says_clearly_when_the_daemon_cannot_start(&env, &ui);
     opens_while_the_daemon_is_not_running(&env, &ui);
     shows_apps_as_they_subscribe_and_push(&env, &ui);
     turning_notifications_off_reaches_the_daemon(&env, &ui);
@@ -39,10 +40,40 @@ fn main() {
 
     ui.window.close();
     drop(env);
-    println!("window: 4 passed in {:.1} s", t.elapsed().as_secs_f64());
+    println!("window: 5 passed in {:.1} s", t.elapsed().as_secs_f64());
 }
 
-fn opens_while_the_daemon_is_not_running(_env: &TestEnv, ui: &Rc<Ui>) {
+fn says_clearly_when_the_daemon_cannot_start(_env: &TestEnv, ui: &Rc<Ui>) {
+    wait_until("the window gives up on the daemon", || {
+        matches!(ui.daemon(), Daemon::Unavailable(_))
+    });
+    let shown = window::texts(&ui.window);
+    assert!(
+        shown
+            .iter()
+            .any(|t| t == "The push daemon is not available"),
+        "{shown:?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|t| t.starts_with("The push daemon is not installed, or D-Bus cannot start it")),
+        "why, in plain words: {shown:?}"
+    );
+    assert!(
+        !shown.iter().any(|t| t == "Push Server"),
+        "nothing that needs the daemon is offered: {shown:?}"
+    );
+    println!("ok: says_clearly_when_the_daemon_cannot_start");
+}
+
+fn opens_while_the_daemon_is_not_running(env: &TestEnv, ui: &Rc<Ui>) {
+    // The daemon gets installed (its activation file appears); "Try Again" starts it.
+    env.install_daemon();
+    let retry = window::find(&ui.window, "retry")
+        .and_then(|w| w.downcast::<gtk::Button>().ok())
+        .expect("a Try Again button");
+    retry.emit_clicked();
     wait_until("the daemon, started by activation, answers", || {
         matches!(ui.daemon(), Daemon::Running(_))
     });
@@ -217,7 +248,7 @@ fn bin(name: &str) -> PathBuf {
 /// A display, a private session bus whose activation starts webpushd (local push
 /// service, its own home), and a runtime for the test's own D-Bus calls.
 struct TestEnv {
-    _home: tempfile::TempDir,
+    home: tempfile::TempDir,
     children: Vec<Child>,
     bus: String,
     rt: tokio::runtime::Runtime,
@@ -256,7 +287,7 @@ impl TestEnv {
         gtk::init().expect("GTK starts on the display");
         adw::init().expect("libadwaita starts");
         TestEnv {
-            _home: home,
+            home,
             children,
             bus,
             rt: tokio::runtime::Builder::new_current_thread()
@@ -264,6 +295,20 @@ impl TestEnv {
                 .build()
                 .unwrap(),
         }
+    }
+
+    /// Put webpushd's activation file where the bus looks, as installing the package does.
+    fn install_daemon(&self) {
+        let home = self.home.path();
+        std::fs::write(
+            home.join("services/org.webpushd.Push1.service"),
+            format!(
+                "[D-BUS Service]\nName=org.webpushd.Push1\nExec=/usr/bin/env HOME={h} XDG_CONFIG_HOME={h}/config XDG_STATE_HOME={h}/state {bin}\n",
+                h = home.display(),
+                bin = bin("webpushd").display()
+            ),
+        )
+        .unwrap();
     }
 
     /// `pushctl` on the test bus; its stdout. Panics when it fails.
@@ -350,7 +395,7 @@ fn xvfb() -> (Child, String) {
     (child, format!(":{n}"))
 }
 
-/// A session bus that starts webpushd by activation, as the packaged service file does.
+/// A session bus that can start webpushd by activation once its file is in `services`.
 fn bus(home: &Path) -> (Child, String) {
     let services = home.join("services");
     std::fs::create_dir_all(&services).unwrap();
@@ -358,15 +403,6 @@ fn bus(home: &Path) -> (Child, String) {
     std::fs::write(
         home.join("config/webpushd/config.toml"),
         "server_url = \"local\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        services.join("org.webpushd.Push1.service"),
-        format!(
-            "[D-BUS Service]\nName=org.webpushd.Push1\nExec=/usr/bin/env HOME={h} XDG_CONFIG_HOME={h}/config XDG_STATE_HOME={h}/state {bin}\n",
-            h = home.display(),
-            bin = bin("webpushd").display()
-        ),
     )
     .unwrap();
     let config = home.join("bus.conf");
