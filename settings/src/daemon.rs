@@ -41,6 +41,9 @@ pub enum Command {
     SelfTest,
 }
 
+/// Where updates go: a channel any executor can wait on (here the GTK main loop's).
+pub type Updates = futures_channel::mpsc::UnboundedSender<Update>;
+
 /// What the window is told.
 #[derive(Debug, Clone)]
 pub enum Update {
@@ -55,7 +58,7 @@ pub enum Update {
 
 /// Start the bus side on a thread of its own; returns where to send commands. Updates go to
 /// `updates` until the window closes it.
-pub fn start(updates: mpsc::UnboundedSender<Update>) -> mpsc::UnboundedSender<Command> {
+pub fn start(updates: Updates) -> mpsc::UnboundedSender<Command> {
     let (tx, rx) = mpsc::unbounded_channel();
     let commands = tx.clone();
     std::thread::Builder::new()
@@ -74,24 +77,27 @@ pub fn start(updates: mpsc::UnboundedSender<Update>) -> mpsc::UnboundedSender<Co
 async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     again: mpsc::UnboundedSender<Command>,
-    updates: mpsc::UnboundedSender<Update>,
+    updates: Updates,
 ) {
     let conn = match zbus::Connection::session().await {
         Ok(c) => c,
         Err(e) => {
-            let _ = updates.send(Update::State(Daemon::Unavailable(format!(
+            let _ = updates.unbounded_send(Update::State(Daemon::Unavailable(format!(
                 "There is no session bus to reach the push daemon on ({e})."
             ))));
             return;
         }
     };
     tokio::spawn(follow(conn.clone(), again));
-    let _ = updates.send(Update::State(load(&conn).await));
+    let _ = updates.unbounded_send(Update::State(load(&conn).await));
     while let Some(c) = commands.recv().await {
         if let Command::Refresh = c {
             // Take every refresh already asked for at once.
             while let Ok(Command::Refresh) = commands.try_recv() {}
-            if updates.send(Update::State(load(&conn).await)).is_err() {
+            if updates
+                .unbounded_send(Update::State(load(&conn).await))
+                .is_err()
+            {
                 return;
             }
             continue;
@@ -166,6 +172,7 @@ async fn read(conn: &zbus::Connection) -> Result<DaemonState, String> {
         .await
         .map_err(e)?;
     let status = admin.status().await.map_err(e)?;
+
     let mut s = DaemonState {
         state: text(&status, "state"),
         server_url: text(&status, "server"),
@@ -176,6 +183,7 @@ async fn read(conn: &zbus::Connection) -> Result<DaemonState, String> {
         ..Default::default()
     };
     s.notifications_denied = admin.notifications_denied().await.map_err(e)?;
+
     for path in admin.list_all().await.map_err(e)? {
         // Removed between the list and the read: left out.
         if let Ok(sub) = subscription(conn, path).await {
@@ -248,20 +256,20 @@ fn flag<K: std::borrow::Borrow<str> + std::hash::Hash + Eq>(
         .unwrap_or(false)
 }
 
-async fn act(conn: &zbus::Connection, c: Command, updates: &mpsc::UnboundedSender<Update>) {
+async fn act(conn: &zbus::Connection, c: Command, updates: &Updates) {
     let res = match c {
         Command::SelfTest => {
             let report = selftest::run_with(conn, SELFTEST_WAIT, |step| {
-                let _ = updates.send(Update::Step(step.clone()));
+                let _ = updates.unbounded_send(Update::Step(step.clone()));
             })
             .await;
-            let _ = updates.send(Update::SelfTestDone(report.ok()));
+            let _ = updates.unbounded_send(Update::SelfTestDone(report.ok()));
             return;
         }
         other => admin_call(conn, other).await,
     };
     if let Err(e) = res {
-        let _ = updates.send(Update::Failed(crate::view::plain_error(&e.to_string())));
+        let _ = updates.unbounded_send(Update::Failed(crate::view::plain_error(&e.to_string())));
     }
 }
 

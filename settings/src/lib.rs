@@ -8,3 +8,6 @@ pub mod window;
 
 /// The application id: the `.desktop` file's name and the D-Bus name of the window.
 pub const APP_ID: &str = "org.webpushd.Settings";
+
+/// When `main` began, for `WEBPUSHD_SETTINGS_QUIT_WHEN_SHOWN` timings.
+pub static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();

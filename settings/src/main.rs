@@ -5,6 +5,7 @@ use adw::prelude::*;
 use gtk::glib;
 
 fn main() -> glib::ExitCode {
+    let _ = webpushd_settings::STARTED.set(std::time::Instant::now());
     let app = adw::Application::builder()
         .application_id(webpushd_settings::APP_ID)
         .build();

@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use adw::prelude::*;
+use futures_util::StreamExt;
 use gtk::glib;
 use tokio::sync::mpsc;
 
@@ -19,6 +20,8 @@ pub struct Ui {
     daemon: RefCell<Daemon>,
     /// Set while the window sets its own widgets, so their handlers do not act.
     updating: Cell<bool>,
+    /// A once-a-second redraw of the connection runs (only while waiting to reconnect).
+    counting: Cell<bool>,
     state_row: adw::ActionRow,
     error_row: adw::ActionRow,
     unavailable: adw::PreferencesGroup,
@@ -40,16 +43,20 @@ pub struct Ui {
 
 /// Build the window for `app`, start following the daemon, and show it.
 pub fn present(app: &adw::Application) -> Rc<Ui> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = futures_channel::mpsc::unbounded();
     let commands = daemon::start(tx);
     let ui = build(app, commands);
-    let weak = Rc::downgrade(&ui);
+    let quit_when_shown = std::env::var_os("WEBPUSHD_SETTINGS_QUIT_WHEN_SHOWN").is_some();
+    // The window's updates keep it alive: this loop holds the one strong reference the
+    // caller need not keep.
+    let this = ui.clone();
     glib::spawn_future_local(async move {
-        while let Some(u) = rx.recv().await {
-            match weak.upgrade() {
-                Some(ui) => ui.apply(u),
-                None => return,
+        while let Some(u) = rx.next().await {
+            if quit_when_shown && matches!(u, Update::State(_)) {
+                quit_after_next_frame(&this);
             }
+            this.apply(u);
+            count_down(&this);
         }
     });
     // Times ("5 min ago") move on without the daemon saying anything.
@@ -63,6 +70,44 @@ pub fn present(app: &adw::Application) -> Rc<Ui> {
     });
     ui.window.present();
     ui
+}
+
+/// For timing the start (`WEBPUSHD_SETTINGS_QUIT_WHEN_SHOWN=1`): once the daemon's state
+/// is on screen, say when and quit.
+fn quit_after_next_frame(ui: &Ui) {
+    ui.window.add_tick_callback(|w, _| {
+        let ms = crate::STARTED.get().map_or(0, |t| t.elapsed().as_millis());
+        eprintln!("webpushd-settings: the daemon's state was on screen {ms} ms after start");
+        if let Some(app) = w.application() {
+            app.quit();
+        }
+        glib::ControlFlow::Break
+    });
+}
+
+/// While the daemon waits to reconnect, "next attempt in …" counts down each second; no
+/// timer runs otherwise (the window stays idle on battery).
+fn count_down(ui: &Rc<Ui>) {
+    if ui.counting.get() || !ui.waiting_to_reconnect() {
+        return;
+    }
+    ui.counting.set(true);
+    let weak = Rc::downgrade(ui);
+    glib::timeout_add_seconds_local(1, move || {
+        let Some(ui) = weak.upgrade() else {
+            return glib::ControlFlow::Break;
+        };
+        if !ui.waiting_to_reconnect() {
+            ui.counting.set(false);
+            return glib::ControlFlow::Break;
+        }
+        if let Daemon::Running(s) = ui.daemon() {
+            ui.updating.set(true);
+            ui.draw_connection(&s);
+            ui.updating.set(false);
+        }
+        glib::ControlFlow::Continue
+    });
 }
 
 fn now_ms() -> i64 {
@@ -123,9 +168,10 @@ fn build(app: &adw::Application, commands: mpsc::UnboundedSender<Command>) -> Rc
             "Every app moves with a new address; nothing is unsubscribed and no message is lost.",
         )
         .build();
-    let check = |title: &str, subtitle: &str, group: Option<&gtk::CheckButton>| {
+    let check = |name: &str, title: &str, subtitle: &str, group: Option<&gtk::CheckButton>| {
         let b = gtk::CheckButton::builder()
             .valign(gtk::Align::Center)
+            .name(name)
             .build();
         if let Some(g) = group {
             b.set_group(Some(g));
@@ -140,16 +186,19 @@ fn build(app: &adw::Application, commands: mpsc::UnboundedSender<Command>) -> Rc
         b
     };
     let mozilla = check(
+        "server:mozilla",
         "Mozilla's push service",
         "The default: push.services.mozilla.com",
         None,
     );
     let local = check(
+        "server:local",
         "The local push service",
         "This computer only, for development and tests; runs when the daemon is configured with server_url = \"local\"",
         Some(&mozilla),
     );
     let custom = check(
+        "server:custom",
         "Another server",
         "An autopush server of your own",
         Some(&mozilla),
@@ -157,6 +206,7 @@ fn build(app: &adw::Application, commands: mpsc::UnboundedSender<Command>) -> Rc
     let custom_entry = adw::EntryRow::builder()
         .title("Server address (wss://…)")
         .show_apply_button(true)
+        .name("server:custom-url")
         .build();
     let custom_hint = adw::ActionRow::builder().visible(false).build();
     custom_hint.add_css_class("error");
@@ -188,6 +238,7 @@ fn build(app: &adw::Application, commands: mpsc::UnboundedSender<Command>) -> Rc
         commands,
         daemon: RefCell::new(Daemon::Loading),
         updating: Cell::new(false),
+        counting: Cell::new(false),
         state_row,
         error_row,
         unavailable,
@@ -325,6 +376,10 @@ impl Ui {
         let t = adw::Toast::new(text);
         t.set_timeout(6);
         self.window.add_toast(t);
+    }
+
+    fn waiting_to_reconnect(&self) -> bool {
+        matches!(&*self.daemon.borrow(), Daemon::Running(s) if s.state == "backoff")
     }
 
     /// Draw the window from the state last read.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use adw::prelude::*;
 use gtk::{gio, glib};
 use webpushd::client::AdminProxy;
-use webpushd_settings::view::Daemon;
+use webpushd_settings::view::{self, Daemon};
 use webpushd_settings::window::{self, Ui};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -37,10 +37,12 @@ fn main() {
     turning_notifications_off_reaches_the_daemon(&env, &ui);
     the_self_test_runs_from_the_window(&ui);
     screenshot(&ui, &ui.apps_page, "settings-apps.png");
+    choosing_another_server_moves_the_daemon_and_back(&env, &ui);
+    the_program_opens_and_shows_the_daemon(&env);
 
     ui.window.close();
     drop(env);
-    println!("window: 5 passed in {:.1} s", t.elapsed().as_secs_f64());
+    println!("window: 7 passed in {:.1} s", t.elapsed().as_secs_f64());
 }
 
 fn says_clearly_when_the_daemon_cannot_start(_env: &TestEnv, ui: &Rc<Ui>) {
@@ -182,6 +184,98 @@ fn the_self_test_runs_from_the_window(ui: &Rc<Ui>) {
     );
     screenshot(ui, &ui.window, "settings-service.png");
     println!("ok: the_self_test_runs_from_the_window");
+}
+
+fn choosing_another_server_moves_the_daemon_and_back(env: &TestEnv, ui: &Rc<Ui>) {
+    ui.window.set_visible_page(&ui.service_page);
+    let radio = |name: &str| {
+        window::find(&ui.window, name)
+            .and_then(|w| w.downcast::<gtk::CheckButton>().ok())
+            .unwrap_or_else(|| panic!("the {name} choice"))
+    };
+    let state = |ui: &Ui| match ui.daemon() {
+        Daemon::Running(s) => s,
+        other => panic!("{other:?}"),
+    };
+    assert!(radio("server:local").is_active());
+    // A custom address is checked before it is sent.
+    let entry = window::find(&ui.window, "server:custom-url")
+        .and_then(|w| w.downcast::<adw::EntryRow>().ok())
+        .unwrap();
+    entry.set_text("https://push.example.org/");
+    entry.emit_by_name::<()>("apply", &[]);
+    let shown = window::texts(&ui.window);
+    assert!(
+        shown.iter().any(|t| t.contains("starts with wss://")),
+        "{shown:?}"
+    );
+    assert_eq!(state(ui).server_url, "local", "nothing was sent");
+
+    // Mozilla's service, unreachable from here: the daemon moves, the window says why
+    // it cannot connect.
+    radio("server:mozilla").activate();
+    wait_until("the daemon moves to Mozilla's service", || {
+        state(ui).server_url == view::MOZILLA
+    });
+    wait_until("the window shows the connection's error", || {
+        let s = state(ui);
+        s.state != "connected" && !s.last_error.is_empty()
+    });
+    let shown = window::texts(&ui.window);
+    assert!(shown.iter().any(|t| t == "Last error"), "{shown:?}");
+    screenshot(ui, &ui.window, "settings-unreachable.png");
+    assert!(
+        shown
+            .iter()
+            .any(|t| t.starts_with("Mozilla's push service")),
+        "{shown:?}"
+    );
+
+    // Back to the local service: every subscription is there, connected again.
+    radio("server:local").activate();
+    wait_until("the daemon is back on the local service, connected", || {
+        let s = state(ui);
+        s.server_url == "local" && s.state == "connected"
+    });
+    assert_eq!(state(ui).subscriptions.len(), 3);
+    let listed = env.pushctl(&["list", "--all", "--json"]);
+    assert!(listed.contains("new-mail"), "{listed}");
+    println!("ok: choosing_another_server_moves_the_daemon_and_back");
+}
+
+/// The installed program, started as the desktop starts it: its window shows the daemon's
+/// state, then quits (`WEBPUSHD_SETTINGS_QUIT_WHEN_SHOWN`, which also reports the time).
+fn the_program_opens_and_shows_the_daemon(env: &TestEnv) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_webpushd-settings"))
+        .env("DBUS_SESSION_BUS_ADDRESS", &env.bus)
+        .env("WEBPUSHD_SETTINGS_QUIT_WHEN_SHOWN", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("webpushd-settings never showed the daemon's state");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("the daemon's state was on screen"), "{err}");
+    println!(
+        "ok: the_program_opens_and_shows_the_daemon ({})",
+        err.trim()
+    );
 }
 
 /// Iterate the main loop until `f` holds.
