@@ -36,7 +36,7 @@ use self::error::Error;
 use self::identity::Resolver;
 pub use self::manager::ServerSwitch;
 use self::manager::{Admin, Manager, PATH};
-use self::subscription::SubscriptionObject;
+use self::subscription::{Shown, SubscriptionObject};
 use crate::connection::ConnStatus;
 use crate::ids::AppId;
 use crate::push::{
@@ -146,7 +146,9 @@ async fn add_subscription(
         .at(
             path,
             Checked::new(SubscriptionObject {
-                info,
+                id: info.id,
+                shown: Shown::of(&info),
+                app_id: info.app_id,
                 push: push.clone(),
                 resolver: resolver.clone(),
             }),
@@ -452,22 +454,23 @@ pub(crate) async fn ensure_object(
         Ok(iface) => iface,
         Err(_) => return add_subscription(conn, push, resolver, info).await,
     };
+    let new = Shown::of(&info);
     let old = {
         let mut obj = iface.get_mut().await;
-        std::mem::replace(&mut obj.info, info.clone())
+        std::mem::replace(&mut obj.shown, new.clone())
     };
     // One PropertiesChanged with the new values at hand. (The generated `*_changed`
     // helpers send a signal each and ask the owner loop for each value through the getter:
     // two round trips and two signals per subscription and burst.)
     let mut changed: std::collections::HashMap<&str, Value<'_>> = Default::default();
     let mut invalidated: Vec<&str> = Vec::new();
-    if old.endpoint != info.endpoint {
+    if old.endpoint != new.endpoint {
         invalidated.push("Endpoint");
     }
-    if old.p256dh != info.p256dh {
+    if old.p256dh != new.p256dh {
         invalidated.push("P256dh");
     }
-    if old.auth != info.auth {
+    if old.auth != new.auth {
         invalidated.push("Auth");
     }
     if old.push_count != info.push_count {

@@ -17,12 +17,52 @@ use zbus::{fdo, interface};
 use super::error::Error;
 use super::identity::Resolver;
 use super::manager::caller;
+use crate::ids::AppId;
 use crate::push::{self, Request, SubscriptionInfo};
 
+/// One per subscription, so kept small: its id and app (for the access rules), what it
+/// last announced, and handles. Every read asks the owner loop.
 pub struct SubscriptionObject {
-    pub(super) info: SubscriptionInfo,
+    pub(super) id: i64,
+    pub(super) app_id: AppId,
+    pub(super) shown: Shown,
     pub(super) push: push::Handle,
     pub(super) resolver: Arc<Resolver>,
+}
+
+/// What a subscription's object last announced: enough to tell which properties a new
+/// state changes, without a copy of its strings and keys (the capabilities, which are
+/// only ever invalidated, by fingerprint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Shown {
+    pub push_count: u64,
+    pub last_push: i64,
+    pub quota: i32,
+    pub expired: bool,
+    pub expired_reason: String,
+    pub endpoint: u64,
+    pub p256dh: u64,
+    pub auth: u64,
+}
+
+impl Shown {
+    pub fn of(info: &SubscriptionInfo) -> Shown {
+        let fingerprint = |b: &[u8]| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hasher::write(&mut h, b);
+            std::hash::Hasher::finish(&h)
+        };
+        Shown {
+            push_count: info.push_count,
+            last_push: info.last_push,
+            quota: info.quota,
+            expired: info.expired,
+            expired_reason: info.expired_reason.clone(),
+            endpoint: fingerprint(info.endpoint.as_bytes()),
+            p256dh: fingerprint(&info.p256dh),
+            auth: fingerprint(&info.auth),
+        }
+    }
 }
 
 impl SubscriptionObject {
@@ -39,25 +79,21 @@ impl SubscriptionObject {
     }
 
     async fn current(&self) -> fdo::Result<SubscriptionInfo> {
-        let id = self.info.id;
-        match self
-            .push
+        let id = self.id;
+        self.push
             .request(|reply| Request::GetById {
                 app: None,
                 id,
                 reply,
             })
             .await
-        {
-            Ok(info) => Ok(info),
-            Err(_) => Ok(self.info.clone()),
-        }
+            .map_err(|_| fdo::Error::UnknownObject(format!("subscription {id} is gone")))
     }
 
     /// The one rule for reads, on every path (properties, `GetAll`, `GetKey`).
     async fn may_read(&self, hdr: &Header<'_>, what: Read) -> Result<(), Error> {
         let who = caller(&self.resolver, hdr).await?;
-        let allowed = who.app_id == self.info.app_id
+        let allowed = who.app_id == self.app_id
             || who.is_user_tool()
             || (what == Read::Details && !who.sandboxed());
         if allowed {
@@ -76,7 +112,7 @@ impl SubscriptionObject {
 
     async fn owner(&self, hdr: &Header<'_>) -> Result<(), Error> {
         let who = caller(&self.resolver, hdr).await?;
-        if who.app_id == self.info.app_id {
+        if who.app_id == self.app_id {
             Ok(())
         } else {
             Err(Error::AccessDenied(format!(
@@ -112,8 +148,8 @@ impl SubscriptionObject {
 
     async fn unsubscribe(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), Error> {
         self.owner(&hdr).await?;
-        let app = Some(self.info.app_id.clone());
-        let id = self.info.id;
+        let app = Some(self.app_id.clone());
+        let id = self.id;
         self.push
             .request(|reply| Request::Remove { app, id, reply })
             .await?;

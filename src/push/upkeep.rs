@@ -19,7 +19,7 @@ use crate::identity::{flatpak_installed, Sandbox};
 use crate::store::Store;
 
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(24 * 3600);
-/// How long after startup, or after the first message of a burst, memory is given back.
+/// How long after the first message of a burst memory is given back.
 const TRIM_AFTER: Duration = Duration::from_secs(3);
 
 #[derive(Debug)]
@@ -38,7 +38,10 @@ impl Upkeep {
     pub fn new() -> Upkeep {
         Upkeep {
             maintenance: Instant::now() + MAINTENANCE_EVERY,
-            trim_at: Some(Instant::now() + TRIM_AFTER),
+            // At the loop's first turn: it starts once every object is served, and
+            // loading the subscriptions left SQLite's cache full and a heap of freed
+            // copies (rows, the snapshot, zbus's building).
+            trim_at: Some(Instant::now()),
             cap_check: None,
             data_home: directories::BaseDirs::new()
                 .map(|b| b.data_dir().to_path_buf())
