@@ -475,6 +475,43 @@ mod tests {
         assert_eq!(store.pending(subs[0].id).unwrap().len(), 1);
     }
 
+    /// Acknowledgements are committed without an fsync of their own; what stores messages
+    /// afterwards is FULL again (a message acknowledged to the server must survive a power
+    /// cut).
+    #[test]
+    fn acks_leave_storing_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        let rec = record(CH, "scope");
+        let id = store.insert_subscription(&rec).unwrap();
+        let sync = |s: &Store| -> i64 {
+            s.conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap()
+        };
+        for round in 0..3 {
+            let v = format!("v{round}");
+            let m = message(id, CH, &v, 5);
+            let mid = m.id.clone();
+            store
+                .record_batch(
+                    &[BatchItem {
+                        seen_until: i64::MAX,
+                        channel_id: rec.channel_id.clone(),
+                        version: v.clone(),
+                        counters: None,
+                        message: Some(m),
+                    }],
+                    5,
+                    &KeepAll,
+                )
+                .unwrap();
+            assert_eq!(store.ack_many(&[(id, mid.as_str())]).unwrap(), [true]);
+            assert_eq!(sync(&store), 2, "FULL after acknowledgement batch {round}");
+        }
+        assert!(store.pending(id).unwrap().is_empty());
+    }
+
     /// A `seen` entry lasts as long as the server could send its message again, not a
     /// flat week: a lost ack followed by a long absence must not bring it back.
     #[test]
