@@ -515,6 +515,7 @@ impl Push {
             return;
         }
         self.save_broadcasts(broadcasts);
+        self.upkeep.connected();
         let changed = std::mem::take(&mut self.server_changed);
         let reset = changed || sent.as_ref().is_some_and(|s| *s != uaid);
         if self.uaid.as_ref() != Some(&uaid) || changed {

@@ -21,6 +21,8 @@ use crate::store::Store;
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// How long after the first message of a burst memory is given back.
 const TRIM_AFTER: Duration = Duration::from_secs(3);
+/// How long after the server's hello.
+const TRIM_AFTER_HELLO: Duration = Duration::from_millis(250);
 
 #[derive(Debug)]
 pub(super) struct Upkeep {
@@ -46,6 +48,15 @@ impl Upkeep {
             data_home: directories::BaseDirs::new()
                 .map(|b| b.data_dir().to_path_buf())
                 .unwrap_or_default(),
+        }
+    }
+
+    /// The push server said hello (at startup, the last step; or after a reconnect): give
+    /// back what connecting left, once the registrations it starts are answered.
+    pub fn connected(&mut self) {
+        let at = Instant::now() + TRIM_AFTER_HELLO;
+        if self.trim_at.is_none_or(|t| t > at) {
+            self.trim_at = Some(at);
         }
     }
 
