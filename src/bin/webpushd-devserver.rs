@@ -33,11 +33,15 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
         .with_writer(std::io::stderr)
+        .finish()
+        .with(webpushd::log_filter(
+            std::env::var("RUST_LOG").ok().as_deref(),
+            "info",
+        ))
         .init();
     for addr in [args.ws_listen, args.http_listen] {
         if !addr.ip().is_loopback() {

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::prelude::*;
-use tracing_subscriber::EnvFilter;
 use webpushd::config::{Config, Overrides};
 
 /// Per-user Web Push daemon: one push-server connection for every desktop app, over D-Bus.
@@ -44,8 +43,8 @@ fn stderr_is_journal() -> bool {
 }
 
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,webpushd={}", config.log.level.as_str())));
+    let default = format!("warn,webpushd={}", config.log.level.as_str());
+    let filter = webpushd::log_filter(std::env::var("RUST_LOG").ok().as_deref(), &default);
     if stderr_is_journal() {
         if let Ok(journald) = tracing_journald::layer() {
             tracing_subscriber::registry()
@@ -56,9 +55,11 @@ fn init_logging(config: &Config) {
         }
     }
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(tracing::Level::TRACE)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .finish()
+        .with(filter)
         .init();
 }
 
