@@ -19,6 +19,9 @@ use webpushd::client::AdminProxy;
 use webpushd_settings::view::{self, Daemon};
 use webpushd_settings::window::{self, Ui};
 
+#[path = "../../tests/support/private_bus.rs"]
+mod private_bus;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 fn main() {
@@ -499,40 +502,5 @@ fn bus(home: &Path) -> (Child, String) {
         "server_url = \"local\"\n",
     )
     .unwrap();
-    let config = home.join("bus.conf");
-    std::fs::write(
-        &config,
-        format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:dir={dir}</listen>
-  <servicedir>{services}</servicedir>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>"#,
-            dir = home.display(),
-            services = services.display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new("dbus-daemon")
-        .arg(format!("--config-file={}", config.display()))
-        .arg("--nofork")
-        .arg("--print-address=1")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(home.join("bus.log")).unwrap())
-        .spawn()
-        .expect("dbus-daemon");
-    let mut out = child.stdout.take().unwrap();
-    let mut line = Vec::new();
-    let mut byte = [0u8];
-    while out.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
-        line.push(byte[0]);
-    }
-    (child, String::from_utf8(line).unwrap())
+    private_bus::start(home, &services)
 }

@@ -5,8 +5,9 @@
 
 #![allow(dead_code)]
 
+mod private_bus;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -50,43 +51,10 @@ impl Bus {
         let dir = tempfile::tempdir().unwrap();
         let services = dir.path().join("services");
         std::fs::create_dir_all(&services).unwrap();
-        let config = dir.path().join("bus.conf");
-        std::fs::write(
-            &config,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:dir={dir}</listen>
-  <servicedir>{services}</servicedir>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>"#,
-                dir = dir.path().display(),
-                services = services.display()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config.display()))
-            .arg("--nofork")
-            .arg("--print-address=1")
-            .stdout(Stdio::piped())
-            // Activated services inherit this: their errors end up in bus.log.
-            .stderr(std::fs::File::create(dir.path().join("bus.log")).unwrap())
-            .spawn()
-            .expect("dbus-daemon must be installed (apt-get install dbus-daemon)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let (child, address) = private_bus::start(dir.path(), &services);
         Bus {
             child,
-            address: line.trim().to_string(),
+            address,
             services,
             _dir: dir,
         }
