@@ -28,8 +28,14 @@ const SELFTEST_WAIT: Duration = Duration::from_secs(20);
 /// What the user asked for.
 #[derive(Debug, Clone)]
 pub enum Command {
-    /// Read everything again (also starts the daemon if it is not running).
+    /// Read everything again, if the daemon is on the bus (its signals said something
+    /// changed).
     Refresh,
+    /// Read everything, starting the daemon by D-Bus activation if it is not running (the
+    /// window opened, or Try Again).
+    Start,
+    /// The daemon left the bus: show it, without starting it again.
+    Stopped,
     Remove(String),
     ResetQuota(String),
     SetNotifications {
@@ -90,21 +96,45 @@ async fn run(
     };
     tokio::spawn(follow(conn.clone(), again));
     let _ = updates.unbounded_send(Update::State(load(&conn).await));
-    while let Some(c) = commands.recv().await {
-        if let Command::Refresh = c {
-            // Take every refresh already asked for at once.
-            while let Ok(Command::Refresh) = commands.try_recv() {}
-            if updates
-                .unbounded_send(Update::State(load(&conn).await))
-                .is_err()
-            {
-                return;
+    // A command read while gathering refreshes, handled next.
+    let mut held: Option<Command> = None;
+    loop {
+        let c = match held.take() {
+            Some(c) => c,
+            None => match commands.recv().await {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        let state = match c {
+            Command::Stopped => stopped(),
+            Command::Refresh => {
+                // Every refresh already asked for is this one.
+                loop {
+                    match commands.try_recv() {
+                        Ok(Command::Refresh) => continue,
+                        Ok(other) => held = Some(other),
+                        Err(_) => {}
+                    }
+                    break;
+                }
+                if running(&conn).await {
+                    load(&conn).await
+                } else {
+                    stopped()
+                }
             }
-            continue;
+            Command::Start => load(&conn).await,
+            other => {
+                let conn = conn.clone();
+                let updates = updates.clone();
+                tokio::spawn(async move { act(&conn, other, &updates).await });
+                continue;
+            }
+        };
+        if updates.unbounded_send(Update::State(state)).is_err() {
+            return;
         }
-        let conn = conn.clone();
-        let updates = updates.clone();
-        tokio::spawn(async move { act(&conn, c, &updates).await });
     }
 }
 
@@ -139,20 +169,57 @@ async fn follow(conn: zbus::Connection, refresh: mpsc::UnboundedSender<Command>)
         }
     }
     let mut all = futures_util::stream::select_all(streams);
-    while all.next().await.is_some() {
+    while let Some(first) = all.next().await {
         // Let a burst settle: every signal within SETTLE is one refresh.
+        let mut stopped = first.ok().and_then(|m| name_lost(&m));
         let deadline = tokio::time::sleep(SETTLE);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 _ = &mut deadline => break,
-                m = all.next() => if m.is_none() { return },
+                m = all.next() => match m {
+                    None => return,
+                    Some(m) => if let Some(lost) = m.ok().and_then(|m| name_lost(&m)) {
+                        stopped = Some(lost);
+                    },
+                },
             }
         }
-        if refresh.send(Command::Refresh).is_err() {
+        // When the daemon went away, reading its state would start it again by
+        // activation: someone stopped it, so say so and wait for Try Again.
+        let c = if stopped == Some(true) {
+            Command::Stopped
+        } else {
+            Command::Refresh
+        };
+        if refresh.send(c).is_err() {
             return;
         }
     }
+}
+
+fn stopped() -> Daemon {
+    Daemon::Unavailable("The push daemon stopped. Try Again starts it.".to_string())
+}
+
+/// Whether the daemon owns its name now (a read when it does not would start it).
+async fn running(conn: &zbus::Connection) -> bool {
+    let Ok(dbus) = zbus::fdo::DBusProxy::new(conn).await else {
+        return false;
+    };
+    let Ok(name) = zbus::names::BusName::from_static_str(BUS_NAME) else {
+        return false;
+    };
+    dbus.name_has_owner(name).await.unwrap_or(false)
+}
+
+/// For NameOwnerChanged of the daemon's name: whether it lost its owner.
+fn name_lost(m: &zbus::Message) -> Option<bool> {
+    if m.header().member()?.as_str() != "NameOwnerChanged" {
+        return None;
+    }
+    let (_, _, new): (String, String, String) = m.body().deserialize().ok()?;
+    Some(new.is_empty())
 }
 
 /// Everything the window shows, read afresh. A method call starts the daemon by D-Bus
@@ -287,6 +354,6 @@ async fn admin_call(conn: &zbus::Connection, c: Command) -> zbus::Result<()> {
         }
         Command::SetServer(url) => admin.set_server_url(&url).await,
         Command::Reconnect => admin.reconnect().await,
-        Command::Refresh | Command::SelfTest => Ok(()),
+        Command::Refresh | Command::Start | Command::Stopped | Command::SelfTest => Ok(()),
     }
 }

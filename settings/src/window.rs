@@ -262,7 +262,7 @@ fn build(app: &adw::Application, commands: mpsc::UnboundedSender<Command>) -> Rc
     retry.connect_clicked(move |_| {
         if let Some(ui) = u.upgrade() {
             ui.unavailable_row.set_title("Starting it…");
-            ui.send(Command::Refresh);
+            ui.send(Command::Start);
         }
     });
     let u = Rc::downgrade(&ui);

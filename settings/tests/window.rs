@@ -41,11 +41,12 @@ fn main() {
     the_self_test_runs_from_the_window(&ui);
     screenshot(&ui, &ui.apps_page, "settings-apps.png");
     choosing_another_server_moves_the_daemon_and_back(&env, &ui);
+    a_stopped_daemon_is_shown_not_restarted(&env, &ui);
     the_program_opens_and_shows_the_daemon(&env);
 
     ui.window.close();
     drop(env);
-    println!("window: 7 passed in {:.1} s", t.elapsed().as_secs_f64());
+    println!("window: 8 passed in {:.1} s", t.elapsed().as_secs_f64());
 }
 
 fn says_clearly_when_the_daemon_cannot_start(_env: &TestEnv, ui: &Rc<Ui>) {
@@ -246,6 +247,37 @@ fn choosing_another_server_moves_the_daemon_and_back(env: &TestEnv, ui: &Rc<Ui>)
     println!("ok: choosing_another_server_moves_the_daemon_and_back");
 }
 
+/// Someone stops the daemon while the window is open: the window says so and leaves it
+/// stopped (reading its state would start it again by activation) until Try Again.
+fn a_stopped_daemon_is_shown_not_restarted(env: &TestEnv, ui: &Rc<Ui>) {
+    let pid = env.daemon_pid().expect("the daemon runs");
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    wait_until(
+        "the window shows the daemon stopped",
+        || matches!(ui.daemon(), Daemon::Unavailable(why) if why.contains("stopped")),
+    );
+    // Time for a refresh that should not happen.
+    let settle = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < settle {
+        glib::MainContext::default().iteration(false);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        env.daemon_pid(),
+        None,
+        "the window started the daemon again"
+    );
+    let retry = window::find(&ui.window, "retry")
+        .and_then(|w| w.downcast::<gtk::Button>().ok())
+        .unwrap();
+    retry.emit_clicked();
+    wait_until(
+        "Try Again starts it",
+        || matches!(ui.daemon(), Daemon::Running(s) if s.subscriptions.len() == 3),
+    );
+    println!("ok: a_stopped_daemon_is_shown_not_restarted");
+}
+
 /// The installed program, started as the desktop starts it: its window shows the daemon's
 /// state, then quits (`WEBPUSHD_SETTINGS_QUIT_WHEN_SHOWN`, which also reports the time).
 fn the_program_opens_and_shows_the_daemon(env: &TestEnv) {
@@ -423,6 +455,23 @@ impl TestEnv {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The process that owns org.webpushd.Push1 now, if any.
+    fn daemon_pid(&self) -> Option<u32> {
+        self.rt.block_on(async {
+            let conn = zbus::connection::Builder::address(self.bus.as_str())
+                .ok()?
+                .build()
+                .await
+                .ok()?;
+            let dbus = zbus::fdo::DBusProxy::new(&conn).await.ok()?;
+            dbus.get_connection_unix_process_id(
+                zbus::names::BusName::try_from("org.webpushd.Push1").ok()?,
+            )
+            .await
+            .ok()
+        })
+    }
+
     /// The daemon's NotificationsDenied, read on a connection of the test's own.
     fn denied(&self) -> Vec<String> {
         self.rt.block_on(async {
@@ -444,19 +493,7 @@ impl TestEnv {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         // The daemon was started by the bus: stop it before the bus goes.
-        let pid = self.rt.block_on(async {
-            let conn = zbus::connection::Builder::address(self.bus.as_str())
-                .ok()?
-                .build()
-                .await
-                .ok()?;
-            let dbus = zbus::fdo::DBusProxy::new(&conn).await.ok()?;
-            dbus.get_connection_unix_process_id(
-                zbus::names::BusName::try_from("org.webpushd.Push1").ok()?,
-            )
-            .await
-            .ok()
-        });
+        let pid = self.daemon_pid();
         if let Some(pid) = pid {
             let _ = Command::new("kill").arg(pid.to_string()).status();
         }
