@@ -92,9 +92,14 @@ async fn a_running_app_pays_nothing_and_an_expired_one_comes_back_renewed() {
     assert!(props(&w, &sub).await.1, "expired");
 
     // The app comes back: a fresh subscription on the same object, with new endpoint and keys.
-    let app = w.bus.app("org.example.Busy").await;
+    // It listens before it takes its name: the daemon may restore the quota as soon as it
+    // sees the app (then the renewal changes no quota) or at the renewal, and the app is
+    // told either way.
+    let conn = w.bus.connect().await;
+    let app = App::new(conn.clone()).await;
     let mut changed = app.manager.receive_subscription_changed().await.unwrap();
     let mut quota_changed = app.manager.receive_quota_changed().await.unwrap();
+    conn.request_name("org.example.Busy").await.unwrap();
     let renewed = app.subscribe("s").await;
     assert_eq!(renewed.path, sub.path);
     assert_ne!(renewed.endpoint, sub.endpoint);
