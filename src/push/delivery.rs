@@ -162,8 +162,9 @@ impl Push {
         if ok {
             self.delivery.mutable_waiting.remove(&message_id);
             self.delivery.retries.remove(&message_id);
-            match self.store.ack(subscription, &message_id) {
-                Ok(_) => self.refresh(subscription),
+            match self.store.ack_many(&[(subscription, message_id.as_str())]) {
+                Ok(found) if found[0] => self.acked(subscription),
+                Ok(_) => {}
                 Err(e) => error!(error = %e, "cannot forget a delivered message"),
             }
             return;

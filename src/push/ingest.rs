@@ -332,6 +332,7 @@ impl Push {
                 });
             }
         }
+        self.acked.announced(&touched);
         for id in touched {
             self.refresh(id);
         }

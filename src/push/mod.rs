@@ -45,6 +45,7 @@ use delivery::DeliveryState;
 use index::Index;
 use ingest::BurstState;
 use lifecycle::Registrations;
+use requests::Acked;
 use upkeep::Upkeep;
 
 /// Everything the owner loop reacts to.
@@ -179,6 +180,7 @@ pub struct Push {
     registrations: Registrations,
     delivery: DeliveryState,
     burst: BurstState,
+    acked: Acked,
     upkeep: Upkeep,
 }
 
@@ -215,6 +217,7 @@ impl Push {
             registrations: Registrations::default(),
             delivery: DeliveryState::default(),
             burst: BurstState::default(),
+            acked: Acked::default(),
             upkeep: Upkeep::new(),
         };
         for rec in push.store.subscriptions()? {
@@ -268,16 +271,18 @@ impl Push {
 
     pub async fn run(mut self) {
         self.deliver_waiting();
-        let mut expiry = self.next_timer();
         loop {
             if let Some(ev) = self.io.held.take() {
                 self.connection_event(ev).await;
+                self.answer_acks();
                 continue;
             }
             if let Some(input) = self.io.held_input.take() {
                 self.input(input).await;
+                self.answer_acks();
                 continue;
             }
+            let expiry = self.next_timer();
             // Not biased: under a stream of notifications, the apps' acknowledgements must
             // get their turn, or the pending cap evicts what they are about to ack.
             tokio::select! {
@@ -292,14 +297,19 @@ impl Push {
                 },
                 _ = sleep_or_never(expiry) => self.timer(),
             }
-            expiry = self.next_timer();
+            self.answer_acks();
         }
+        if let Err(e) = self.store.settle() {
+            tracing::warn!(error = %e, "cannot commit the last acknowledgements: those messages will be delivered again");
+        }
+        self.answer_acks();
         self.registrations.shut_down();
         debug!("push loop stopped");
     }
 
     /// The one timer of the owner loop: the earliest of message expiry, a delivery retry,
-    /// a mutable message's grace, the reconnect after a failed store, the end of a
+    /// a mutable message's grace, the reconnect after a failed store, committing and
+    /// announcing acknowledgements, the end of a
     /// pending-cap grace, giving memory back and the daily housekeeping.
     fn next_timer(&self) -> Option<Instant> {
         [
@@ -307,6 +317,8 @@ impl Push {
             self.delivery.next_retry(),
             self.delivery.next_grace(),
             self.burst.redeliver,
+            self.store.settle_at().map(Instant::from_std),
+            self.acked.due(),
             self.upkeep.trim_at,
             self.upkeep.cap_check,
             Some(self.upkeep.maintenance),
@@ -323,6 +335,7 @@ impl Push {
         self.retries_due(now);
         self.upkeep_due(now);
         self.cap_due(now);
+        self.acks_due(now);
         self.mutable_due(now);
     }
 

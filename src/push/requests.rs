@@ -1,6 +1,9 @@
 //! What apps and `pushctl` ask of the domain (through `dbus/`), answered on `Reply`s.
 
-use tracing::{debug, info};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, error, info};
 
 use super::{
     Counts, DomainEvent, Input, MessageId, Push, PushError, Reply, Request, SubscriptionInfo,
@@ -15,6 +18,34 @@ const MAX_ACKS: usize = 128;
 
 fn no_scope(scope: &Scope) -> PushError {
     PushError::NotFound(format!("no subscription for scope \"{scope}\""))
+}
+
+/// How long a lower count of pending messages may wait to be announced: under a stream,
+/// one `PropertiesChanged` per subscription and period instead of one per acknowledgement.
+/// The same period bounds how long acknowledgements wait uncommitted (`Store::settle_at`).
+const ANNOUNCE_DELAY: Duration = crate::store::ACK_COMMIT_DELAY;
+
+/// Subscriptions whose count of pending messages acknowledgements lowered, not yet
+/// announced (`PendingChanged`), and since when.
+#[derive(Debug, Default)]
+pub(super) struct Acked {
+    ids: Vec<i64>,
+    since: Option<Instant>,
+    /// The answers to acknowledgements whose deletes wait to be committed.
+    replies: Vec<Reply<()>>,
+}
+
+impl Acked {
+    pub fn due(&self) -> Option<Instant> {
+        self.since.map(|t| t + ANNOUNCE_DELAY)
+    }
+
+    /// A burst's `Updated` events announce these anyway.
+    pub fn announced(&mut self, ids: &[i64]) {
+        if !self.ids.is_empty() {
+            self.ids.retain(|id| !ids.contains(id));
+        }
+    }
 }
 
 /// One `AckMessage` of a batch.
@@ -186,7 +217,7 @@ impl Push {
             Err(_) => Vec::new().into_iter(),
         };
         // Of a subscription, only its count of pending messages changes with an ack (read
-        // from the store when asked): one PendingChanged for the batch, no Updated event.
+        // from the store when asked): announced later, once per subscription (see `Acked`).
         let mut emptied: Vec<i64> = Vec::new();
         for i in items {
             self.delivery.taken(&i.message_id);
@@ -205,10 +236,59 @@ impl Push {
                 }
             }
             let res = ack_result(&i, &done, deleted);
-            let _ = i.reply.send(res);
+            if res.is_ok() {
+                // Answered once the delete is committed (`answer_acks`).
+                self.acked.replies.push(i.reply);
+            } else {
+                let _ = i.reply.send(res);
+            }
         }
-        if !emptied.is_empty() {
-            self.emit(DomainEvent::PendingChanged(emptied));
+        for id in emptied {
+            self.acked(id);
+        }
+    }
+
+    /// Answer the acknowledgements whose deletes were committed (or undone) since the
+    /// last turn of the loop.
+    pub(super) fn answer_acks(&mut self) {
+        let Some(outcome) = self.store.acks_outcome() else {
+            return;
+        };
+        for reply in self.acked.replies.drain(..) {
+            let _ = reply.send(
+                outcome
+                    .clone()
+                    .map_err(|e| PushError::Failed(format!("cannot acknowledge: {e}"))),
+            );
+        }
+    }
+
+    /// An acknowledgement lowered `id`'s count of pending messages: to be announced.
+    pub(super) fn acked(&mut self, id: i64) {
+        if !self.acked.ids.contains(&id) {
+            self.acked.ids.push(id);
+        }
+        self.acked.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Commit the acknowledgements no write took along in time, and announce the counts
+    /// of pending messages they lowered.
+    pub(super) fn acks_due(&mut self, now: Instant) {
+        if self
+            .store
+            .settle_at()
+            .is_some_and(|at| Instant::from_std(at) <= now)
+        {
+            if let Err(e) = self.store.settle() {
+                error!(error = %e, "cannot commit acknowledgements: those messages will be delivered again");
+            }
+        }
+        if self.acked.due().is_some_and(|at| at <= now) {
+            self.acked.since = None;
+            let ids = std::mem::take(&mut self.acked.ids);
+            if !ids.is_empty() {
+                self.emit(DomainEvent::PendingChanged(ids));
+            }
         }
     }
 

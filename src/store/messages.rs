@@ -69,81 +69,81 @@ impl Store {
         now_ms: i64,
         cap: &impl CapPolicy,
     ) -> Result<(Vec<Recorded>, Evicted), StoreError> {
-        let tx = self.conn.transaction()?;
-        let mut outcomes = Vec::with_capacity(items.len());
-        let mut touched = Vec::new();
-        let mut latest: Vec<Counters> = Vec::new();
-        {
-            let mut seen = tx.prepare_cached(
-                "INSERT OR IGNORE INTO seen (channel_id, version, at, expires)
+        self.write(|tx| {
+            let mut outcomes = Vec::with_capacity(items.len());
+            let mut touched = Vec::new();
+            let mut latest: Vec<Counters> = Vec::new();
+            {
+                let mut seen = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO seen (channel_id, version, at, expires)
                  VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            // A burst expires a subscription only when it uses up its quota.
-            let mut counters = tx.prepare_cached(
+                )?;
+                // A burst expires a subscription only when it uses up its quota.
+                let mut counters = tx.prepare_cached(
                 "UPDATE subscriptions SET push_count = ?2, last_push = ?3, quota = ?4, expired = ?5,
                      expired_reason = CASE WHEN ?5 AND NOT expired THEN 'quota'
                                            ELSE expired_reason END
                  WHERE id = ?1",
             )?;
-            let mut insert = tx.prepare_cached(
+                let mut insert = tx.prepare_cached(
                 "INSERT INTO messages (id, subscription_id, channel_id, version, payload, received,
                      ttl, topic, urgency, shown)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
-            for item in items {
-                let fresh = seen.execute(params![
-                    item.channel_id.as_str(),
-                    item.version,
-                    now_ms,
-                    item.seen_until
-                ])?;
-                if fresh == 0 {
-                    outcomes.push(Recorded::Duplicate);
-                    continue;
-                }
-                // Each item carries its subscription's running totals: only the last
-                // fresh one per subscription needs writing, once, below.
-                if let Some(c) = &item.counters {
-                    match latest
-                        .iter_mut()
-                        .find(|l| l.subscription_id == c.subscription_id)
-                    {
-                        Some(l) => *l = *c,
-                        None => latest.push(*c),
-                    }
-                }
-                if let Some(m) = &item.message {
-                    insert.execute(params![
-                        m.id.as_str(),
-                        m.subscription_id,
-                        m.channel_id.as_str(),
-                        m.version,
-                        m.payload,
-                        m.received,
-                        m.ttl,
-                        m.topic,
-                        m.urgency,
-                        m.shown
+                for item in items {
+                    let fresh = seen.execute(params![
+                        item.channel_id.as_str(),
+                        item.version,
+                        now_ms,
+                        item.seen_until
                     ])?;
-                    if !touched.contains(&m.subscription_id) {
-                        touched.push(m.subscription_id);
+                    if fresh == 0 {
+                        outcomes.push(Recorded::Duplicate);
+                        continue;
                     }
+                    // Each item carries its subscription's running totals: only the last
+                    // fresh one per subscription needs writing, once, below.
+                    if let Some(c) = &item.counters {
+                        match latest
+                            .iter_mut()
+                            .find(|l| l.subscription_id == c.subscription_id)
+                        {
+                            Some(l) => *l = *c,
+                            None => latest.push(*c),
+                        }
+                    }
+                    if let Some(m) = &item.message {
+                        insert.execute(params![
+                            m.id.as_str(),
+                            m.subscription_id,
+                            m.channel_id.as_str(),
+                            m.version,
+                            m.payload,
+                            m.received,
+                            m.ttl,
+                            m.topic,
+                            m.urgency,
+                            m.shown
+                        ])?;
+                        if !touched.contains(&m.subscription_id) {
+                            touched.push(m.subscription_id);
+                        }
+                    }
+                    outcomes.push(Recorded::Stored);
                 }
-                outcomes.push(Recorded::Stored);
+                for c in latest {
+                    counters.execute(params![
+                        c.subscription_id,
+                        c.push_count as i64,
+                        c.last_push,
+                        c.quota,
+                        c.expired
+                    ])?;
+                }
             }
-            for c in latest {
-                counters.execute(params![
-                    c.subscription_id,
-                    c.push_count as i64,
-                    c.last_push,
-                    c.quota,
-                    c.expired
-                ])?;
-            }
-        }
-        let evicted = evict_over_cap(&tx, &touched, cap)?;
-        tx.commit()?;
-        Ok((outcomes, evicted))
+            let evicted = evict_over_cap(tx, &touched, cap)?;
+            Ok((outcomes, evicted))
+        })
     }
 
     /// Apply the pending cap to `subscriptions` outside a burst (when a grace ends, at
@@ -153,10 +153,7 @@ impl Store {
         subscriptions: &[i64],
         cap: &impl CapPolicy,
     ) -> Result<Evicted, StoreError> {
-        let tx = self.conn.transaction()?;
-        let evicted = evict_over_cap(&tx, subscriptions, cap)?;
-        tx.commit()?;
-        Ok(evicted)
+        self.write(|tx| evict_over_cap(tx, subscriptions, cap))
     }
 
     pub fn pending(&self, subscription_id: i64) -> Result<Vec<StoredMessage>, StoreError> {
@@ -219,66 +216,90 @@ impl Store {
 
     /// The daemon showed a pending message as a desktop notification.
     pub fn mark_shown(&self, subscription_id: i64, message_id: &str) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("UPDATE messages SET shown = 1 WHERE subscription_id = ?1 AND id = ?2")?
+        self.write(|c| {
+            c.prepare_cached(
+                "UPDATE messages SET shown = 1 WHERE subscription_id = ?1 AND id = ?2",
+            )?
             .execute(params![subscription_id, message_id])?;
-        Ok(())
+            Ok(())
+        })
     }
 
-    /// Forget a message the app acknowledged; `false` if there was none.
+    /// Forget a message the app acknowledged; `false` if there was none. Committed before
+    /// this returns.
     pub fn ack(&self, subscription_id: i64, message_id: &str) -> Result<bool, StoreError> {
-        let n = self
-            .conn
-            .prepare_cached("DELETE FROM messages WHERE subscription_id = ?1 AND id = ?2")?
-            .execute(params![subscription_id, message_id])?;
-        Ok(n > 0)
+        self.settle()?;
+        let found = self.commit_acks(&[(subscription_id, message_id)])?;
+        Ok(found[0])
     }
 
-    /// Forget several acknowledged messages in one transaction (one fsync); returns, per
-    /// message, whether it was pending.
-    pub fn ack_many(&mut self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
-        // An acknowledgement lost in a power cut only brings a message back (delivery is
-        // at least once), so it need not wait for an fsync of its own: at low rates that
-        // was half of the daemon's added latency. Storing a message stays FULL.
-        // Cached statements: `pragma_update` parses its SQL on every call, twice per
-        // batch of acknowledgements.
-        self.conn
-            .prepare_cached("PRAGMA synchronous = NORMAL")?
-            .execute([])?;
-        let result = self.ack_many_inner(acks);
-        self.conn
-            .prepare_cached("PRAGMA synchronous = FULL")?
-            .execute([])?;
-        result
-    }
-
-    fn ack_many_inner(&mut self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
-        let tx = self.conn.transaction()?;
-        let mut out = Vec::with_capacity(acks.len());
-        {
-            let mut del =
-                tx.prepare_cached("DELETE FROM messages WHERE subscription_id = ?1 AND id = ?2")?;
-            for (sub, id) in acks {
-                out.push(del.execute(params![sub, id])? > 0);
+    /// Forget acknowledged messages; returns, per message, whether it was pending.
+    ///
+    /// The deletes are not committed here: they wait in an open transaction for the next
+    /// write (a burst of notifications, usually milliseconds away under a stream) and are
+    /// committed with it, or by `settle` once `settle_at` comes; `acks_outcome` says when.
+    /// Reads on this connection see them at once. Under a stream that is one commit and
+    /// one write of the shared pages per burst instead of two. Whoever acknowledged must
+    /// not be told it is done before that: a `kill -9` meanwhile undoes the deletes.
+    pub fn ack_many(&self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
+        if self.acks_open.get().is_none() {
+            self.exec("BEGIN IMMEDIATE")?;
+            self.acks_open.set(Some(std::time::Instant::now()));
+        }
+        match self.delete_acked(acks) {
+            Ok(found) => {
+                let mut waiting = self.acks_waiting.borrow_mut();
+                for ((sub, id), found) in acks.iter().zip(&found) {
+                    if *found {
+                        waiting.push((*sub, id.to_string()));
+                    }
+                }
+                Ok(found)
+            }
+            Err(e) => {
+                // Undo every waiting delete rather than commit part of a failed batch:
+                // those messages are delivered again.
+                if !self.conn.is_autocommit() {
+                    let _ = self.exec("ROLLBACK");
+                }
+                self.end_acks(Err(e.to_string()));
+                Err(e)
             }
         }
-        tx.commit()?;
+    }
+
+    /// Delete acknowledged messages in a transaction of their own, committed at
+    /// `synchronous = NORMAL`: an acknowledgement lost in a power cut only brings its
+    /// message back, so it need not wait for an fsync (storing stays FULL).
+    pub(super) fn commit_acks(&self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
+        // Not inside a transaction: SQLite refuses to change the level there.
+        self.exec("PRAGMA synchronous = NORMAL")?;
+        let r = self.write(|_| self.delete_acked(acks));
+        self.exec("PRAGMA synchronous = FULL")?;
+        r
+    }
+
+    fn delete_acked(&self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
+        let mut del = self
+            .conn
+            .prepare_cached("DELETE FROM messages WHERE subscription_id = ?1 AND id = ?2")?;
+        let mut out = Vec::with_capacity(acks.len());
+        for (sub, id) in acks {
+            out.push(del.execute(params![sub, id])? > 0);
+        }
         Ok(out)
     }
 
     /// Delete messages whose time is up; returns (subscription, message id) of each.
     pub fn expire_messages(&mut self, now_ms: i64) -> Result<Vec<(i64, String)>, StoreError> {
-        let tx = self.conn.transaction()?;
-        let gone: Vec<(i64, String)> = {
+        self.write(|tx| {
             let mut st = tx.prepare_cached(
                 "DELETE FROM messages WHERE received + ttl * 1000 <= ?1
                  RETURNING subscription_id, id",
             )?;
             let rows = st.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        tx.commit()?;
-        Ok(gone)
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     /// The earliest time a pending message expires, to arm one timer for all.
@@ -293,17 +314,17 @@ impl Store {
     /// Drop de-duplication entries whose message the server can no longer send at
     /// `now_ms`, except for messages still stored.
     pub fn prune_seen(&self, now_ms: i64) -> Result<usize, StoreError> {
-        Ok(self.conn.execute(
+        self.write(|c| Ok(c.execute(
             "DELETE FROM seen WHERE expires <= ?1 AND NOT EXISTS
                (SELECT 1 FROM messages m WHERE m.channel_id = seen.channel_id AND m.version = seen.version)",
             [now_ms],
-        )?)
+        )?))
     }
 }
 
 /// Drop what `cap` says of each subscription's messages beyond `cap.keep_newest()`.
 fn evict_over_cap(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     subscriptions: &[i64],
     cap: &impl CapPolicy,
 ) -> Result<Evicted, StoreError> {

@@ -19,10 +19,12 @@ mod messages;
 mod schema;
 mod subscriptions;
 
+use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -70,8 +72,27 @@ impl StoreError {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Since when deletes of acknowledged messages wait in an open transaction (see
+    /// `ack_many`); `None` while no transaction is open.
+    acks_open: Cell<Option<Instant>>,
+    /// The messages those deletes removed.
+    acks_waiting: RefCell<Vec<(i64, String)>>,
+    /// How the last transaction with acknowledgements ended, until asked.
+    acks_outcome: RefCell<Option<Result<(), String>>>,
     // Held for the life of the store: the flock is the "one daemon per user" guarantee.
     _lock: File,
+}
+
+/// How long the deletes of acknowledged messages may wait for a write to commit with, at
+/// most (see `Store::ack_many`); the answers to those acknowledgements wait as long.
+pub const ACK_COMMIT_DELAY: Duration = Duration::from_millis(25);
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.settle() {
+            tracing::warn!(error = %e, "cannot commit the last acknowledgements: those messages will be delivered again");
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -189,6 +210,9 @@ impl Store {
                     Store {
                         conn,
                         path,
+                        acks_open: Cell::new(None),
+                        acks_waiting: RefCell::new(Vec::new()),
+                        acks_outcome: RefCell::new(None),
                         _lock: lock,
                     }
                 },
@@ -224,6 +248,9 @@ impl Store {
                     Store {
                         conn,
                         path,
+                        acks_open: Cell::new(None),
+                        acks_waiting: RefCell::new(Vec::new()),
+                        acks_outcome: RefCell::new(None),
                         _lock: lock,
                     },
                     Some(aside),
@@ -250,6 +277,9 @@ impl Store {
         let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o600));
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(2))?;
+        // Every statement a message meets stays prepared (rusqlite keeps 16 by default,
+        // fewer than a burst, its acknowledgements and the timers use).
+        conn.set_prepared_statement_cache_capacity(32);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -270,6 +300,115 @@ impl Store {
         &self.path
     }
 
+    /// Run `f` in one write transaction, committed (`synchronous = FULL`: it survives a
+    /// power cut) before this returns. Deletes of acknowledged messages still waiting in
+    /// an open transaction are committed with it; if `f` fails, only its own changes are
+    /// undone.
+    ///
+    /// Every write goes through here (or `ack_many`): a statement run outside would join
+    /// the acknowledgements' transaction and wait with them.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let folded = self.acks_open.get().is_some();
+        // Cached statements: rusqlite's `transaction()` parses BEGIN and COMMIT each time.
+        self.exec(if folded {
+            "SAVEPOINT write"
+        } else {
+            "BEGIN IMMEDIATE"
+        })?;
+        let done = f(&self.conn).and_then(|v| {
+            if folded {
+                self.exec("RELEASE write")?;
+            }
+            Ok(v)
+        });
+        match done {
+            Ok(v) => self.commit().map(|()| v),
+            Err(e) => {
+                if self.conn.is_autocommit() {
+                    // SQLite rolled the whole transaction back itself (I/O error, disk
+                    // full): the waiting acknowledgements with it.
+                    self.end_acks(Err(e.to_string()));
+                } else if folded {
+                    let _ = self.exec("ROLLBACK TO write");
+                    let _ = self.exec("RELEASE write");
+                } else {
+                    let _ = self.exec("ROLLBACK");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Commit the open transaction; roll it back if that fails.
+    fn commit(&self) -> Result<(), StoreError> {
+        let r = self.exec("COMMIT");
+        if r.is_err() && !self.conn.is_autocommit() {
+            let _ = self.exec("ROLLBACK");
+        }
+        self.end_acks(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        r
+    }
+
+    /// The waiting acknowledgements' transaction (if one was open) ended: committed, or
+    /// undone with the reason. Kept for `acks_outcome`.
+    pub(super) fn end_acks(&self, outcome: Result<(), String>) {
+        if self.acks_open.take().is_none() {
+            return;
+        }
+        self.acks_waiting.borrow_mut().clear();
+        let mut slot = self.acks_outcome.borrow_mut();
+        // A failure is not hidden by a later success before anyone asked.
+        if !matches!(*slot, Some(Err(_))) {
+            *slot = Some(outcome);
+        }
+    }
+
+    /// Whether the acknowledgements made since this was last asked are committed (`Ok`) or
+    /// were undone (`Err`, their messages stay pending); `None` while they still wait, or
+    /// when there were none. Until then nobody may be told they are done: an
+    /// acknowledged message must not come back after a `kill -9`.
+    pub fn acks_outcome(&self) -> Option<Result<(), String>> {
+        self.acks_outcome.take()
+    }
+
+    /// Commit the deletes of acknowledged messages that wait for a write (see `ack_many`).
+    ///
+    /// Their transaction began at `synchronous = FULL`, as a burst that joins it needs, and
+    /// SQLite cannot lower that inside it: committing it would cost an fsync per
+    /// acknowledgement at low rates. So it is undone and the deletes are done again in a
+    /// transaction committed at NORMAL (`commit_acks`).
+    pub fn settle(&self) -> Result<(), StoreError> {
+        if self.acks_open.get().is_none() {
+            return Ok(());
+        }
+        let waiting = std::mem::take(&mut *self.acks_waiting.borrow_mut());
+        let keys: Vec<(i64, &str)> = waiting.iter().map(|(s, m)| (*s, m.as_str())).collect();
+        let open = self.acks_open.take();
+        let r = if self.conn.is_autocommit() {
+            Ok(())
+        } else {
+            self.exec("ROLLBACK")
+        }
+        .and_then(|()| self.commit_acks(&keys).map(|_| ()));
+        // Reported as the end of the transaction they waited in.
+        self.acks_open.set(open);
+        self.end_acks(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        r
+    }
+
+    /// When the acknowledgements waiting for a write must be committed on their own.
+    pub fn settle_at(&self) -> Option<Instant> {
+        self.acks_open.get().map(|since| since + ACK_COMMIT_DELAY)
+    }
+
+    fn exec(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    }
+
     pub fn uaid(&self) -> Result<Option<Uaid>, StoreError> {
         let v: Option<String> = self
             .conn
@@ -281,12 +420,14 @@ impl Store {
     }
 
     pub fn set_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('uaid', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [uaid.as_str()],
-        )?;
-        Ok(())
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES ('uaid', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [uaid.as_str()],
+            )?;
+            Ok(())
+        })
     }
 
     /// The push server (as configured: a URL or `local`) the stored UAID came from; `None`
@@ -304,12 +445,14 @@ impl Store {
 
     /// Store the UAID with the server that assigned it, in one statement.
     pub fn set_uaid_of(&self, uaid: &Uaid, server: &str) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('uaid', ?1), ('uaid_server', ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [uaid.as_str(), server],
-        )?;
-        Ok(())
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES ('uaid', ?1), ('uaid_server', ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [uaid.as_str(), server],
+            )?;
+            Ok(())
+        })
     }
 
     /// The push server chosen over D-Bus (`SetServerUrl`), with the config file's
@@ -325,19 +468,24 @@ impl Store {
     }
 
     pub fn set_server_override(&self, server: &str, over: &str) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('server_url', ?1), ('server_url_over', ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [server, over],
-        )?;
-        Ok(())
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES ('server_url', ?1), ('server_url_over', ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [server, over],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn clear_server_override(&self) -> Result<(), StoreError> {
-        self.conn.execute(
-            "DELETE FROM meta WHERE key IN ('server_url', 'server_url_over')",
-            [],
-        )?;
+        self.write(|c| {
+            c.execute(
+                "DELETE FROM meta WHERE key IN ('server_url', 'server_url_over')",
+                [],
+            )?;
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -350,18 +498,16 @@ impl Store {
     }
 
     pub fn set_broadcasts(&mut self, items: &[(String, String)]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut st = tx.prepare_cached(
+        self.write(|c| {
+            let mut st = c.prepare_cached(
                 "INSERT INTO broadcasts (id, version) VALUES (?1, ?2)
                  ON CONFLICT (id) DO UPDATE SET version = excluded.version",
             )?;
             for (id, v) in items {
                 st.execute([id, v])?;
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Free the memory SQLite caches for this connection (pages read at startup or
@@ -373,13 +519,11 @@ impl Store {
 
     /// Whether `app` may show desktop notifications (default: yes).
     pub fn notifications_allowed(&self, app: &AppId) -> Result<bool, StoreError> {
+        // Cached: asked for every message a running app is sent.
         let v: Option<bool> = self
             .conn
-            .query_row(
-                "SELECT allowed FROM notification_permissions WHERE app_id = ?1",
-                [app.as_str()],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT allowed FROM notification_permissions WHERE app_id = ?1")?
+            .query_row([app.as_str()], |r| r.get(0))
             .optional()?;
         Ok(v.unwrap_or(true))
     }
@@ -394,12 +538,14 @@ impl Store {
     }
 
     pub fn set_notifications_allowed(&self, app: &AppId, allowed: bool) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO notification_permissions (app_id, allowed) VALUES (?1, ?2)
-             ON CONFLICT (app_id) DO UPDATE SET allowed = excluded.allowed",
-            params![app.as_str(), allowed],
-        )?;
-        Ok(())
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO notification_permissions (app_id, allowed) VALUES (?1, ?2)
+                 ON CONFLICT (app_id) DO UPDATE SET allowed = excluded.allowed",
+                params![app.as_str(), allowed],
+            )?;
+            Ok(())
+        })
     }
 
     /// `PRAGMA integrity_check`, for tests and `pushctl status` diagnostics.
@@ -415,6 +561,7 @@ mod tests {
     use super::*;
     use crate::ids::ChannelId;
     use crate::model::examples::{message, record, CH};
+    use crate::push::SubscriptionRecord;
 
     /// Keeps every message: the pending cap's policy is `push`'s, tested there.
     struct KeepAll;
@@ -475,11 +622,25 @@ mod tests {
         assert_eq!(store.pending(subs[0].id).unwrap().len(), 1);
     }
 
-    /// Acknowledgements are committed without an fsync of their own; what stores messages
-    /// afterwards is FULL again (a message acknowledged to the server must survive a power
-    /// cut).
+    fn store_one(store: &mut Store, rec: &SubscriptionRecord, id: i64, v: &str) -> String {
+        let m = message(id, CH, v, 5);
+        let mid = m.id.to_string();
+        let item = BatchItem {
+            seen_until: i64::MAX,
+            channel_id: rec.channel_id.clone(),
+            version: v.into(),
+            counters: None,
+            message: Some(m),
+        };
+        store.record_batch(&[item], 5, &KeepAll).unwrap();
+        mid
+    }
+
+    /// Acknowledgements wait uncommitted for the next write and are committed with it, or
+    /// on their own by `settle` at NORMAL; either way storing is FULL again afterwards (a
+    /// message acknowledged to the server must survive a power cut).
     #[test]
-    fn acks_leave_storing_durable() {
+    fn acknowledgements_wait_for_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = Store::open(dir.path()).unwrap();
         let rec = record(CH, "scope");
@@ -489,27 +650,90 @@ mod tests {
                 .query_row("PRAGMA synchronous", [], |r| r.get(0))
                 .unwrap()
         };
-        for round in 0..3 {
-            let v = format!("v{round}");
-            let m = message(id, CH, &v, 5);
-            let mid = m.id.clone();
-            store
-                .record_batch(
-                    &[BatchItem {
-                        seen_until: i64::MAX,
-                        channel_id: rec.channel_id.clone(),
-                        version: v.clone(),
-                        counters: None,
-                        message: Some(m),
-                    }],
-                    5,
-                    &KeepAll,
-                )
-                .unwrap();
-            assert_eq!(store.ack_many(&[(id, mid.as_str())]).unwrap(), [true]);
-            assert_eq!(sync(&store), 2, "FULL after acknowledgement batch {round}");
-        }
-        assert!(store.pending(id).unwrap().is_empty());
+        // What another process (or the daemon after a kill -9) would find.
+        let disk = Connection::open(store.path()).unwrap();
+        let on_disk = || -> i64 {
+            disk.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+                .unwrap()
+        };
+        let m1 = store_one(&mut store, &rec, id, "v1");
+        let m2 = store_one(&mut store, &rec, id, "v2");
+        assert_eq!(
+            store.ack_many(&[(id, &m1), (id, "nope")]).unwrap(),
+            [true, false]
+        );
+        assert_eq!(store.pending(id).unwrap().len(), 1, "seen here at once");
+        assert_eq!(on_disk(), 2, "not committed yet");
+        assert!(store.settle_at().is_some());
+        // The next burst commits it.
+        store_one(&mut store, &rec, id, "v3");
+        assert_eq!(on_disk(), 2, "v2 and v3");
+        assert_eq!(store.settle_at(), None);
+        assert_eq!(sync(&store), 2, "FULL");
+        // With no write coming, settle commits it.
+        assert_eq!(store.ack_many(&[(id, &m2)]).unwrap(), [true]);
+        assert_eq!(on_disk(), 2);
+        store.settle().unwrap();
+        assert_eq!(on_disk(), 1);
+        assert_eq!(store.settle_at(), None);
+        assert_eq!(sync(&store), 2, "FULL after settling");
+        assert_eq!(store.pending(id).unwrap()[0].version, "v3");
+    }
+
+    #[test]
+    fn waiting_acknowledgements_are_committed_when_the_store_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = record(CH, "scope");
+        let id = {
+            let (mut store, _) = Store::open(dir.path()).unwrap();
+            let id = store.insert_subscription(&rec).unwrap();
+            let m = store_one(&mut store, &rec, id, "v1");
+            store_one(&mut store, &rec, id, "v2");
+            assert_eq!(store.ack_many(&[(id, &m)]).unwrap(), [true]);
+            id
+        };
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let left: Vec<_> = store
+            .pending(id)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(left, ["v2"]);
+    }
+
+    /// A write that fails undoes its own changes, not the acknowledgements waiting for it.
+    #[test]
+    fn a_failed_write_keeps_the_waiting_acknowledgements() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        let rec = record(CH, "scope");
+        let id = store.insert_subscription(&rec).unwrap();
+        let m = store_one(&mut store, &rec, id, "v1");
+        store_one(&mut store, &rec, id, "v2");
+        assert_eq!(store.ack_many(&[(id, &m)]).unwrap(), [true]);
+        let failed = store.write(|c| {
+            c.execute("INSERT INTO meta (key, value) VALUES ('half', 'done')", [])?;
+            Err::<(), _>(StoreError::Corrupt("given up halfway".into()))
+        });
+        assert!(failed.is_err());
+        assert!(store.settle_at().is_some(), "still waiting");
+        store.settle().unwrap();
+        drop(store);
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let half: Option<String> = store
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'half'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .unwrap();
+        assert_eq!(half, None, "the failed write was undone");
+        assert_eq!(
+            store.pending(id).unwrap().len(),
+            1,
+            "the acknowledgement was kept"
+        );
     }
 
     /// A `seen` entry lasts as long as the server could send its message again, not a

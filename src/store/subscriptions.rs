@@ -122,7 +122,7 @@ impl Store {
     /// subscription's object path must not come to name another app's subscription), so
     /// the highest id ever given is kept in `meta`.
     pub fn insert_subscription(&mut self, s: &SubscriptionRecord) -> Result<i64, StoreError> {
-        let tx = self.conn.transaction()?;
+        self.write(|tx| {
         let last: i64 = tx.query_row(
             "SELECT max(coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_subscription_id'), 0),
                         coalesce((SELECT max(id) FROM subscriptions), 0))",
@@ -163,44 +163,47 @@ impl Store {
                 id,
             ],
         )?;
-        tx.commit()?;
         Ok(id)
+        })
     }
 
     /// Write every mutable field of a subscription (renewal, server reset, quota, expiry).
     pub fn update_subscription(&self, s: &SubscriptionRecord) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE subscriptions SET channel_id = ?2, endpoint = ?3, private_key = ?4,
+        self.write(|c| {
+            c.execute(
+                "UPDATE subscriptions SET channel_id = ?2, endpoint = ?3, private_key = ?4,
                  public_key = ?5, auth_secret = ?6, app_server_key = ?7, push_count = ?8,
                  last_push = ?9, quota = ?10, expired = ?11, system = ?12, bus_name = ?13,
                  description = ?14, expired_reason = ?15
              WHERE id = ?1",
-            params![
-                s.id,
-                s.channel_id.as_str(),
-                s.endpoint,
-                s.keys.private_key(),
-                s.keys.public_key(),
-                s.keys.auth(),
-                s.app_server_key,
-                s.push_count as i64,
-                s.last_push,
-                s.quota,
-                s.expired,
-                s.system,
-                s.bus_name,
-                s.description,
-                s.expired_reason,
-            ],
-        )?;
-        Ok(())
+                params![
+                    s.id,
+                    s.channel_id.as_str(),
+                    s.endpoint,
+                    s.keys.private_key(),
+                    s.keys.public_key(),
+                    s.keys.auth(),
+                    s.app_server_key,
+                    s.push_count as i64,
+                    s.last_push,
+                    s.quota,
+                    s.expired,
+                    s.system,
+                    s.bus_name,
+                    s.description,
+                    s.expired_reason,
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Delete a subscription, its keys and its pending messages.
     pub fn delete_subscription(&self, id: i64) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM subscriptions WHERE id = ?1", [id])?;
-        Ok(())
+        self.write(|c| {
+            c.execute("DELETE FROM subscriptions WHERE id = ?1", [id])?;
+            Ok(())
+        })
     }
 }
 
