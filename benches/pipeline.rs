@@ -237,6 +237,14 @@ fn child_dbus_daemon() -> Option<u32> {
 // ---------------------------------------------------------------------------------------
 // The daemon, launched here without debug logging (the tests' launcher turns it on).
 
+/// The daemon to measure: this build's, or `BENCH_DAEMON` (another build, e.g. of the
+/// previous commit, to compare two in one sitting).
+fn daemon_binary() -> PathBuf {
+    std::env::var_os("BENCH_DAEMON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_webpushd")))
+}
+
 struct Daemon {
     child: Option<Child>,
     home: PathBuf,
@@ -267,7 +275,7 @@ impl Daemon {
             .append(true)
             .open(self.home.join("webpushd.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_webpushd"))
+        let child = Command::new(daemon_binary())
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &self.home)
@@ -873,7 +881,12 @@ async fn daemon_stream(
     };
     let perf = match std::env::var_os(perf_var) {
         Some(out) if n > 500 => Command::new("perf")
-            .args(["record", "-F", "2000", "-g", "-p"])
+            .args(
+                std::env::var("BENCH_PERF_ARGS")
+                    .unwrap_or("record -F 2000 -g".into())
+                    .split(' ')
+                    .chain(["-p"]),
+            )
             .arg(daemon.pid().to_string())
             .arg("-o")
             .arg(out)
