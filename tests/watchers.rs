@@ -112,3 +112,54 @@ async fn notification_permissions_are_a_property_that_announces_changes() {
         "allowing again takes the app off the list"
     );
 }
+
+/// A stream of messages does not become a stream of signals to everyone watching: the
+/// counters are announced at once after a quiet spell, then at most four times a second,
+/// each time with the latest values; nothing is left unannounced at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_announced_a_few_times_a_second_with_the_latest_counters() {
+    use futures_util::StreamExt;
+    let w = World::new().await;
+    let watcher = w.bus.connect().await;
+    let app = w.bus.app("org.example.Busy").await;
+    let sub = app.subscribe("feed").await;
+    let props = PropertiesProxy::builder(&watcher)
+        .destination("org.webpushd.Push1")
+        .unwrap()
+        .path(sub.path.clone())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let mut changes = props.receive_properties_changed().await.unwrap();
+    let mut messages = app.messages().await;
+    w.connected().await;
+    const N: u64 = 40;
+    let started = std::time::Instant::now();
+    for i in 0..N {
+        assert_eq!(post(&sub, format!("m{i}").as_bytes()).await.status, 201);
+    }
+    for _ in 0..N {
+        let (scope, id, _) = next(&mut messages, "a message").await;
+        app.manager.ack_message(&scope, &id).await.unwrap();
+    }
+    let took = started.elapsed();
+    // Every signal until the last push count has come, and a quiet second after it.
+    let mut signals = 0;
+    let mut last_count = 0;
+    while let Ok(Some(sig)) =
+        tokio::time::timeout(std::time::Duration::from_secs(1), changes.next()).await
+    {
+        signals += 1;
+        if let Some(v) = sig.args().unwrap().changed_properties().get("PushCount") {
+            last_count = u64::try_from(v).unwrap();
+        }
+    }
+    assert_eq!(last_count, N, "the last announcement has the last count");
+    // One at once, then one per 250 ms period with something in it (pushes, then acks).
+    let periods = took.as_millis() as u64 / 250 + 2;
+    assert!(
+        signals <= periods + 1 && signals < N,
+        "{signals} PropertiesChanged for {N} messages in {took:?}"
+    );
+}

@@ -163,7 +163,7 @@ impl Push {
             self.delivery.mutable_waiting.remove(&message_id);
             self.delivery.retries.remove(&message_id);
             match self.store.ack_many(&[(subscription, message_id.as_str())]) {
-                Ok(found) if found[0] => self.acked(subscription),
+                Ok(found) if found[0] => self.announce(&[subscription], false),
                 Ok(_) => {}
                 Err(e) => error!(error = %e, "cannot forget a delivered message"),
             }

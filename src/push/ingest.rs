@@ -332,10 +332,7 @@ impl Push {
                 });
             }
         }
-        self.acked.announced(&touched);
-        for id in touched {
-            self.refresh(id);
-        }
+        self.announce(&touched, true);
     }
 
     /// A stored message: shown, offered, signalled or delivered in the background, as

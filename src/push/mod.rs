@@ -45,7 +45,7 @@ use delivery::DeliveryState;
 use index::Index;
 use ingest::BurstState;
 use lifecycle::Registrations;
-use requests::Acked;
+use requests::{Acked, Announce};
 use upkeep::Upkeep;
 
 /// Everything the owner loop reacts to.
@@ -181,6 +181,7 @@ pub struct Push {
     delivery: DeliveryState,
     burst: BurstState,
     acked: Acked,
+    announce: Announce,
     upkeep: Upkeep,
 }
 
@@ -218,6 +219,7 @@ impl Push {
             delivery: DeliveryState::default(),
             burst: BurstState::default(),
             acked: Acked::default(),
+            announce: Announce::default(),
             upkeep: Upkeep::new(),
         };
         for rec in push.store.subscriptions()? {
@@ -318,7 +320,7 @@ impl Push {
             self.delivery.next_grace(),
             self.burst.redeliver,
             self.store.settle_at().map(Instant::from_std),
-            self.acked.due(),
+            self.announce.due(),
             self.upkeep.trim_at,
             self.upkeep.cap_check,
             Some(self.upkeep.maintenance),

@@ -20,32 +20,38 @@ fn no_scope(scope: &Scope) -> PushError {
     PushError::NotFound(format!("no subscription for scope \"{scope}\""))
 }
 
-/// How long a lower count of pending messages may wait to be announced: under a stream,
-/// one `PropertiesChanged` per subscription and period instead of one per acknowledgement.
-/// The same period bounds how long acknowledgements wait uncommitted (`Store::settle_at`).
-const ANNOUNCE_DELAY: Duration = crate::store::ACK_COMMIT_DELAY;
+/// How often subscriptions' counters are announced at most: the first change after a
+/// quiet period at once, later ones gathered until the period ends. Under a stream that is
+/// one `PropertiesChanged` per subscription and period instead of two per message (its
+/// push, its acknowledgement).
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(250);
 
-/// Subscriptions whose count of pending messages acknowledgements lowered, not yet
-/// announced (`PendingChanged`), and since when.
+/// Changes of subscriptions' counters waiting to be announced to watchers.
 #[derive(Debug, Default)]
-pub(super) struct Acked {
-    ids: Vec<i64>,
-    since: Option<Instant>,
-    /// The answers to acknowledgements whose deletes wait to be committed.
-    replies: Vec<Reply<()>>,
+pub(super) struct Announce {
+    /// Subscriptions whose push counters changed (announced with `Updated`, which also
+    /// invalidates their count of pending messages).
+    counters: Vec<i64>,
+    /// Subscriptions whose count of pending messages alone changed (`PendingChanged`).
+    pending: Vec<i64>,
+    /// The end of the period the last announcement began.
+    quiet_at: Option<Instant>,
 }
 
-impl Acked {
+impl Announce {
     pub fn due(&self) -> Option<Instant> {
-        self.since.map(|t| t + ANNOUNCE_DELAY)
-    }
-
-    /// A burst's `Updated` events announce these anyway.
-    pub fn announced(&mut self, ids: &[i64]) {
-        if !self.ids.is_empty() {
-            self.ids.retain(|id| !ids.contains(id));
+        if self.counters.is_empty() && self.pending.is_empty() {
+            None
+        } else {
+            self.quiet_at
         }
     }
+}
+
+/// The answers to acknowledgements whose deletes wait to be committed.
+#[derive(Debug, Default)]
+pub(super) struct Acked {
+    replies: Vec<Reply<()>>,
 }
 
 /// One `AckMessage` of a batch.
@@ -217,7 +223,7 @@ impl Push {
             Err(_) => Vec::new().into_iter(),
         };
         // Of a subscription, only its count of pending messages changes with an ack (read
-        // from the store when asked): announced later, once per subscription (see `Acked`).
+        // from the store when asked): announced as such, no Updated event.
         let mut emptied: Vec<i64> = Vec::new();
         for i in items {
             self.delivery.taken(&i.message_id);
@@ -243,8 +249,8 @@ impl Push {
                 let _ = i.reply.send(res);
             }
         }
-        for id in emptied {
-            self.acked(id);
+        if !emptied.is_empty() {
+            self.announce(&emptied, false);
         }
     }
 
@@ -263,16 +269,42 @@ impl Push {
         }
     }
 
-    /// An acknowledgement lowered `id`'s count of pending messages: to be announced.
-    pub(super) fn acked(&mut self, id: i64) {
-        if !self.acked.ids.contains(&id) {
-            self.acked.ids.push(id);
+    /// Announce that the counters of `ids` changed (`counters`), or their counts of pending
+    /// messages alone: now, or at the end of the current period (see `ANNOUNCE_EVERY`).
+    pub(super) fn announce(&mut self, ids: &[i64], counters: bool) {
+        let a = &mut self.announce;
+        let list = if counters {
+            &mut a.counters
+        } else {
+            &mut a.pending
+        };
+        for id in ids {
+            if !list.contains(id) {
+                list.push(*id);
+            }
         }
-        self.acked.since.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        if a.quiet_at.is_none_or(|t| t <= now) {
+            self.announce_now(now);
+        }
     }
 
-    /// Commit the acknowledgements no write took along in time, and announce the counts
-    /// of pending messages they lowered.
+    fn announce_now(&mut self, now: Instant) {
+        let counters = std::mem::take(&mut self.announce.counters);
+        let mut pending = std::mem::take(&mut self.announce.pending);
+        pending.retain(|id| !counters.contains(id));
+        let any = !counters.is_empty() || !pending.is_empty();
+        self.announce.quiet_at = any.then_some(now + ANNOUNCE_EVERY);
+        for id in counters {
+            self.refresh(id);
+        }
+        if !pending.is_empty() {
+            self.emit(DomainEvent::PendingChanged(pending));
+        }
+    }
+
+    /// Commit the acknowledgements no write took along in time, and announce the changes
+    /// gathered in the period that ended.
     pub(super) fn acks_due(&mut self, now: Instant) {
         if self
             .store
@@ -283,12 +315,8 @@ impl Push {
                 error!(error = %e, "cannot commit acknowledgements: those messages will be delivered again");
             }
         }
-        if self.acked.due().is_some_and(|at| at <= now) {
-            self.acked.since = None;
-            let ids = std::mem::take(&mut self.acked.ids);
-            if !ids.is_empty() {
-                self.emit(DomainEvent::PendingChanged(ids));
-            }
+        if self.announce.due().is_some_and(|at| at <= now) {
+            self.announce_now(now);
         }
     }
 

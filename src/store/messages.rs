@@ -177,8 +177,12 @@ impl Store {
             ))
         })?;
         let mut out = Vec::new();
+        let waiting = self.acks_waiting.borrow();
         for row in rows {
             let (id, sub, ch, version, payload, received, ttl, topic, urgency, shown) = row?;
+            if waiting.iter().any(|(s, m)| *s == sub && *m == id) {
+                continue;
+            }
             out.push(StoredMessage {
                 id: id.into(),
                 subscription_id: sub,
@@ -208,10 +212,16 @@ impl Store {
     }
 
     pub fn pending_count(&self, subscription_id: i64) -> Result<u64, StoreError> {
-        Ok(self
+        let stored = self
             .conn
             .prepare_cached("SELECT count(*) FROM messages WHERE subscription_id = ?1")?
-            .query_row([subscription_id], |r| r.get::<_, i64>(0))? as u64)
+            .query_row([subscription_id], |r| r.get::<_, i64>(0))? as u64;
+        let waiting = self.acks_waiting.borrow();
+        let acked = waiting
+            .iter()
+            .filter(|(s, _)| *s == subscription_id)
+            .count() as u64;
+        Ok(stored.saturating_sub(acked))
     }
 
     /// The daemon showed a pending message as a desktop notification.
@@ -228,66 +238,52 @@ impl Store {
     /// Forget a message the app acknowledged; `false` if there was none. Committed before
     /// this returns.
     pub fn ack(&self, subscription_id: i64, message_id: &str) -> Result<bool, StoreError> {
+        let found = self.ack_many(&[(subscription_id, message_id)])?;
         self.settle()?;
-        let found = self.commit_acks(&[(subscription_id, message_id)])?;
         Ok(found[0])
     }
 
     /// Forget acknowledged messages; returns, per message, whether it was pending.
     ///
-    /// The deletes are not committed here: they wait in an open transaction for the next
-    /// write (a burst of notifications, usually milliseconds away under a stream) and are
-    /// committed with it, or by `settle` once `settle_at` comes; `acks_outcome` says when.
-    /// Reads on this connection see them at once. Under a stream that is one commit and
-    /// one write of the shared pages per burst instead of two. Whoever acknowledged must
-    /// not be told it is done before that: a `kill -9` meanwhile undoes the deletes.
+    /// The deletes are not done here: they wait (in memory; this store's reads already
+    /// leave those messages out) for the next write — a burst of notifications, usually
+    /// milliseconds away under a stream — and are committed in its transaction, or in one
+    /// of their own by `settle` once `settle_at` comes. Under a stream that is one commit
+    /// and one write of the shared pages per burst instead of two. `acks_outcome` says
+    /// when they are committed: nobody may be told before, or a `kill -9` meanwhile would
+    /// bring an acknowledged message back.
     pub fn ack_many(&self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
-        if self.acks_open.get().is_none() {
-            self.exec("BEGIN IMMEDIATE")?;
-            self.acks_open.set(Some(std::time::Instant::now()));
-        }
-        match self.delete_acked(acks) {
-            Ok(found) => {
-                let mut waiting = self.acks_waiting.borrow_mut();
-                for ((sub, id), found) in acks.iter().zip(&found) {
-                    if *found {
-                        waiting.push((*sub, id.to_string()));
-                    }
+        let mut exists = self
+            .conn
+            .prepare_cached("SELECT 1 FROM messages WHERE subscription_id = ?1 AND id = ?2")?;
+        let mut out = Vec::with_capacity(acks.len());
+        for (sub, id) in acks {
+            let waiting = self
+                .acks_waiting
+                .borrow()
+                .iter()
+                .any(|(s, m)| s == sub && m == id);
+            let found = !waiting && exists.exists(params![sub, id])?;
+            if found {
+                self.acks_waiting.borrow_mut().push((*sub, id.to_string()));
+                if self.acks_since.get().is_none() {
+                    self.acks_since.set(Some(std::time::Instant::now()));
                 }
-                Ok(found)
             }
-            Err(e) => {
-                // Undo every waiting delete rather than commit part of a failed batch:
-                // those messages are delivered again.
-                if !self.conn.is_autocommit() {
-                    let _ = self.exec("ROLLBACK");
-                }
-                self.end_acks(Err(e.to_string()));
-                Err(e)
-            }
+            out.push(found);
         }
+        Ok(out)
     }
 
-    /// Delete acknowledged messages in a transaction of their own, committed at
-    /// `synchronous = NORMAL`: an acknowledgement lost in a power cut only brings its
-    /// message back, so it need not wait for an fsync (storing stays FULL).
-    pub(super) fn commit_acks(&self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
-        // Not inside a transaction: SQLite refuses to change the level there.
-        self.exec("PRAGMA synchronous = NORMAL")?;
-        let r = self.write(|_| self.delete_acked(acks));
-        self.exec("PRAGMA synchronous = FULL")?;
-        r
-    }
-
-    fn delete_acked(&self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
+    /// Delete the acknowledged messages waiting for a write, inside the open transaction.
+    pub(super) fn delete_acked(&self) -> Result<(), StoreError> {
         let mut del = self
             .conn
             .prepare_cached("DELETE FROM messages WHERE subscription_id = ?1 AND id = ?2")?;
-        let mut out = Vec::with_capacity(acks.len());
-        for (sub, id) in acks {
-            out.push(del.execute(params![sub, id])? > 0);
+        for (sub, id) in self.acks_waiting.borrow().iter() {
+            del.execute(params![sub, id])?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Delete messages whose time is up; returns (subscription, message id) of each.
@@ -304,11 +300,17 @@ impl Store {
 
     /// The earliest time a pending message expires, to arm one timer for all.
     pub fn next_expiry(&self) -> Result<Option<i64>, StoreError> {
+        // Asked at every turn of the owner loop; only a write changes it.
+        if let Some(known) = self.next_expiry.get() {
+            return Ok(known);
+        }
         // Served by the messages_by_expiry index (the expression must match it).
-        Ok(self
+        let at = self
             .conn
             .prepare_cached("SELECT min(received + ttl * 1000) FROM messages")?
-            .query_row([], |r| r.get::<_, Option<i64>>(0))?)
+            .query_row([], |r| r.get::<_, Option<i64>>(0))?;
+        self.next_expiry.set(Some(at));
+        Ok(at)
     }
 
     /// Drop de-duplication entries whose message the server can no longer send at

@@ -72,11 +72,12 @@ impl StoreError {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
-    /// Since when deletes of acknowledged messages wait in an open transaction (see
-    /// `ack_many`); `None` while no transaction is open.
-    acks_open: Cell<Option<Instant>>,
-    /// The messages those deletes removed.
+    /// Acknowledged messages whose deletes wait for the next write (see `ack_many`), and
+    /// since when.
     acks_waiting: RefCell<Vec<(i64, String)>>,
+    acks_since: Cell<Option<Instant>>,
+    /// `next_expiry`'s answer until the next write.
+    next_expiry: Cell<Option<Option<i64>>>,
     /// How the last transaction with acknowledgements ended, until asked.
     acks_outcome: RefCell<Option<Result<(), String>>>,
     // Held for the life of the store: the flock is the "one daemon per user" guarantee.
@@ -210,7 +211,8 @@ impl Store {
                     Store {
                         conn,
                         path,
-                        acks_open: Cell::new(None),
+                        acks_since: Cell::new(None),
+                        next_expiry: Cell::new(None),
                         acks_waiting: RefCell::new(Vec::new()),
                         acks_outcome: RefCell::new(None),
                         _lock: lock,
@@ -248,7 +250,8 @@ impl Store {
                     Store {
                         conn,
                         path,
-                        acks_open: Cell::new(None),
+                        acks_since: Cell::new(None),
+                        next_expiry: Cell::new(None),
                         acks_waiting: RefCell::new(Vec::new()),
                         acks_outcome: RefCell::new(None),
                         _lock: lock,
@@ -301,64 +304,39 @@ impl Store {
     }
 
     /// Run `f` in one write transaction, committed (`synchronous = FULL`: it survives a
-    /// power cut) before this returns. Deletes of acknowledged messages still waiting in
-    /// an open transaction are committed with it; if `f` fails, only its own changes are
-    /// undone.
-    ///
-    /// Every write goes through here (or `ack_many`): a statement run outside would join
-    /// the acknowledgements' transaction and wait with them.
+    /// power cut) before this returns. The deletes of acknowledged messages waiting for a
+    /// write (see `ack_many`) are done in it first; if anything fails, nothing is
+    /// committed and they wait on.
     fn write<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let folded = self.acks_open.get().is_some();
+        let acks = !self.acks_waiting.borrow().is_empty();
+        self.next_expiry.set(None);
         // Cached statements: rusqlite's `transaction()` parses BEGIN and COMMIT each time.
-        self.exec(if folded {
-            "SAVEPOINT write"
-        } else {
-            "BEGIN IMMEDIATE"
-        })?;
-        let done = f(&self.conn).and_then(|v| {
-            if folded {
-                self.exec("RELEASE write")?;
+        self.exec("BEGIN IMMEDIATE")?;
+        let done = (|| {
+            if acks {
+                self.delete_acked()?;
             }
+            let v = f(&self.conn)?;
+            self.exec("COMMIT")?;
             Ok(v)
-        });
-        match done {
-            Ok(v) => self.commit().map(|()| v),
-            Err(e) => {
-                if self.conn.is_autocommit() {
-                    // SQLite rolled the whole transaction back itself (I/O error, disk
-                    // full): the waiting acknowledgements with it.
-                    self.end_acks(Err(e.to_string()));
-                } else if folded {
-                    let _ = self.exec("ROLLBACK TO write");
-                    let _ = self.exec("RELEASE write");
-                } else {
-                    let _ = self.exec("ROLLBACK");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Commit the open transaction; roll it back if that fails.
-    fn commit(&self) -> Result<(), StoreError> {
-        let r = self.exec("COMMIT");
-        if r.is_err() && !self.conn.is_autocommit() {
+        })();
+        if done.is_err() && !self.conn.is_autocommit() {
             let _ = self.exec("ROLLBACK");
         }
-        self.end_acks(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-        r
+        if acks && done.is_ok() {
+            self.end_acks(Ok(()));
+        }
+        done
     }
 
-    /// The waiting acknowledgements' transaction (if one was open) ended: committed, or
-    /// undone with the reason. Kept for `acks_outcome`.
-    pub(super) fn end_acks(&self, outcome: Result<(), String>) {
-        if self.acks_open.take().is_none() {
-            return;
-        }
+    /// The acknowledgements that waited are committed (`Ok`) or given up (`Err`, their
+    /// messages stay pending); kept for `acks_outcome`.
+    fn end_acks(&self, outcome: Result<(), String>) {
         self.acks_waiting.borrow_mut().clear();
+        self.acks_since.set(None);
         let mut slot = self.acks_outcome.borrow_mut();
         // A failure is not hidden by a later success before anyone asked.
         if !matches!(*slot, Some(Err(_))) {
@@ -367,41 +345,33 @@ impl Store {
     }
 
     /// Whether the acknowledgements made since this was last asked are committed (`Ok`) or
-    /// were undone (`Err`, their messages stay pending); `None` while they still wait, or
-    /// when there were none. Until then nobody may be told they are done: an
-    /// acknowledged message must not come back after a `kill -9`.
+    /// were given up (`Err`, their messages stay pending); `None` while they still wait,
+    /// or when there were none.
     pub fn acks_outcome(&self) -> Option<Result<(), String>> {
         self.acks_outcome.take()
     }
 
-    /// Commit the deletes of acknowledged messages that wait for a write (see `ack_many`).
-    ///
-    /// Their transaction began at `synchronous = FULL`, as a burst that joins it needs, and
-    /// SQLite cannot lower that inside it: committing it would cost an fsync per
-    /// acknowledgement at low rates. So it is undone and the deletes are done again in a
-    /// transaction committed at NORMAL (`commit_acks`).
+    /// Commit the deletes of acknowledged messages that wait for a write (see `ack_many`)
+    /// in a transaction of their own, at `synchronous = NORMAL`: an acknowledgement lost
+    /// in a power cut only brings its message back, so it need not wait for an fsync
+    /// (storing stays FULL). If that fails they are given up.
     pub fn settle(&self) -> Result<(), StoreError> {
-        if self.acks_open.get().is_none() {
+        if self.acks_waiting.borrow().is_empty() {
             return Ok(());
         }
-        let waiting = std::mem::take(&mut *self.acks_waiting.borrow_mut());
-        let keys: Vec<(i64, &str)> = waiting.iter().map(|(s, m)| (*s, m.as_str())).collect();
-        let open = self.acks_open.take();
-        let r = if self.conn.is_autocommit() {
-            Ok(())
-        } else {
-            self.exec("ROLLBACK")
+        // Not inside the transaction: SQLite refuses to change the level there.
+        self.exec("PRAGMA synchronous = NORMAL")?;
+        let r = self.write(|_| Ok(()));
+        self.exec("PRAGMA synchronous = FULL")?;
+        if let Err(e) = &r {
+            self.end_acks(Err(e.to_string()));
         }
-        .and_then(|()| self.commit_acks(&keys).map(|_| ()));
-        // Reported as the end of the transaction they waited in.
-        self.acks_open.set(open);
-        self.end_acks(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         r
     }
 
     /// When the acknowledgements waiting for a write must be committed on their own.
     pub fn settle_at(&self) -> Option<Instant> {
-        self.acks_open.get().map(|since| since + ACK_COMMIT_DELAY)
+        self.acks_since.get().map(|since| since + ACK_COMMIT_DELAY)
     }
 
     fn exec(&self, sql: &str) -> Result<(), StoreError> {
@@ -561,7 +531,7 @@ mod tests {
     use super::*;
     use crate::ids::ChannelId;
     use crate::model::examples::{message, record, CH};
-    use crate::push::SubscriptionRecord;
+    use crate::model::SubscriptionRecord;
 
     /// Keeps every message: the pending cap's policy is `push`'s, tested there.
     struct KeepAll;
