@@ -324,6 +324,9 @@ impl Store {
     }
 }
 
+pub(super) const OVER_CAP: &str = "SELECT rowid, received FROM messages WHERE subscription_id = ?1
+     ORDER BY received DESC, rowid DESC LIMIT -1 OFFSET ?2";
+
 /// Drop what `cap` says of each subscription's messages beyond `cap.keep_newest()`.
 fn evict_over_cap(
     tx: &rusqlite::Connection,
@@ -333,10 +336,7 @@ fn evict_over_cap(
     let mut evicted = Vec::new();
     // Walks `messages_by_subscription` alone (rowid and received are in the index):
     // reading `id` for every row would read every 3 KiB row's page.
-    let mut over = tx.prepare_cached(
-        "SELECT rowid, received FROM messages WHERE subscription_id = ?1
-         ORDER BY received DESC, rowid DESC LIMIT -1 OFFSET ?2",
-    )?;
+    let mut over = tx.prepare_cached(OVER_CAP)?;
     let mut del = tx.prepare_cached("DELETE FROM messages WHERE rowid = ?1 RETURNING id")?;
     for &sub in subscriptions {
         let rows: Vec<OverCap> = over
