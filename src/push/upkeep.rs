@@ -19,7 +19,8 @@ use crate::identity::{flatpak_installed, Sandbox};
 use crate::store::Store;
 
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(24 * 3600);
-/// How long after the first message of a burst memory is given back.
+/// How long after the last burst memory is given back: not during a stream, which would
+/// only take it again (SQLite's cache read back with `pread`, the heap faulted in).
 const TRIM_AFTER: Duration = Duration::from_secs(3);
 /// How long after the server's hello.
 const TRIM_AFTER_HELLO: Duration = Duration::from_millis(250);
@@ -62,9 +63,8 @@ impl Upkeep {
 
     /// A burst began: give its memory back a little after it.
     pub fn burst_started(&mut self) {
-        if self.trim_at.is_none() {
-            self.trim_at = Some(Instant::now() + TRIM_AFTER);
-        }
+        let at = Instant::now() + TRIM_AFTER;
+        self.trim_at = Some(self.trim_at.map_or(at, |t| t.max(at)));
     }
 
     /// When the first pending message expires.
