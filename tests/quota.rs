@@ -216,14 +216,7 @@ async fn watchers_get_the_new_counters_in_properties_changed() {
     let w = World::new().await;
     let sub = subscribe_and_leave(&w, "org.example.Watched", HashMap::new()).await;
     let watcher = App::new(w.bus.connect().await).await;
-    let props = zbus::fdo::PropertiesProxy::builder(&watcher.conn)
-        .destination("org.webpushd.Push1")
-        .unwrap()
-        .path(sub.path.clone())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let props = properties_of(&watcher.conn, &sub.path).await;
     let mut changes = props.receive_properties_changed().await.unwrap();
     post(&sub, b"one").await;
     let sig = next(&mut changes, "PropertiesChanged").await;

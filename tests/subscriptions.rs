@@ -140,14 +140,7 @@ async fn endpoint_and_keys_are_for_the_owner_and_the_users_tools_only() {
     let err = foreign.get_key("p256dh").await.unwrap_err();
     assert_eq!(error_name(&err), "org.webpushd.Push1.Error.AccessDenied");
     // GetAll gives the details and leaves the capabilities out.
-    let props = zbus::fdo::PropertiesProxy::builder(&other.conn)
-        .destination("org.webpushd.Push1")
-        .unwrap()
-        .path(sa.path.clone())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let props = properties_of(&other.conn, &sa.path).await;
     let iface = zbus::names::InterfaceName::try_from("org.webpushd.Push1.Subscription").unwrap();
     let all = props.get_all(iface.clone()).await.unwrap();
     assert!(
@@ -166,14 +159,7 @@ async fn endpoint_and_keys_are_for_the_owner_and_the_users_tools_only() {
     assert_eq!(p.p256dh().await.unwrap(), sa.p256dh);
     assert_eq!(p.auth().await.unwrap(), sa.auth);
     assert_eq!(p.get_key("auth").await.unwrap().into_vec(), sa.auth);
-    let props = zbus::fdo::PropertiesProxy::builder(&tool.conn)
-        .destination("org.webpushd.Push1")
-        .unwrap()
-        .path(sa.path.clone())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let props = properties_of(&tool.conn, &sa.path).await;
     let all = props.get_all(iface).await.unwrap();
     for k in ["Endpoint", "P256dh", "Auth"] {
         assert!(all.contains_key(k), "GetAll kept {k} from the user's tool");

@@ -7,7 +7,6 @@ mod support;
 
 use support::*;
 use webpushd::client::{AdminProxy, SubscriptionProxy};
-use zbus::fdo::PropertiesProxy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_sees_subscriptions_come_and_go_and_messages_wait() {
@@ -37,14 +36,7 @@ async fn a_watcher_sees_subscriptions_come_and_go_and_messages_wait() {
         .build()
         .await
         .unwrap();
-    let props = PropertiesProxy::builder(&watcher)
-        .destination("org.webpushd.Push1")
-        .unwrap()
-        .path(sub.path.clone())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let props = properties_of(&watcher, &sub.path).await;
     let mut changes = props.receive_properties_changed().await.unwrap();
     assert_eq!(p.pending_messages().await.unwrap(), 0);
     let mut messages = app.messages().await;
@@ -123,14 +115,7 @@ async fn a_stream_is_announced_a_few_times_a_second_with_the_latest_counters() {
     let watcher = w.bus.connect().await;
     let app = w.bus.app("org.example.Busy").await;
     let sub = app.subscribe("feed").await;
-    let props = PropertiesProxy::builder(&watcher)
-        .destination("org.webpushd.Push1")
-        .unwrap()
-        .path(sub.path.clone())
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let props = properties_of(&watcher, &sub.path).await;
     let mut changes = props.receive_properties_changed().await.unwrap();
     let mut messages = app.messages().await;
     w.connected().await;

@@ -368,6 +368,21 @@ pub async fn post_with(
         .unwrap()
 }
 
+/// org.freedesktop.DBus.Properties of a daemon object, as `conn` sees it.
+pub async fn properties_of(
+    conn: &zbus::Connection,
+    path: &OwnedObjectPath,
+) -> zbus::fdo::PropertiesProxy<'static> {
+    zbus::fdo::PropertiesProxy::builder(conn)
+        .destination("org.webpushd.Push1")
+        .unwrap()
+        .path(path.clone())
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
+}
+
 /// Next item of a stream, or panic after `WAIT`.
 pub async fn next<S: futures_util::Stream + Unpin>(s: &mut S, what: &str) -> S::Item {
     tokio::time::timeout(WAIT, s.next())
