@@ -81,8 +81,11 @@ fn main() -> ExitCode {
     };
     init_logging(&config);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs everything: the connection, the owner loop and the buses. A message
+    // crosses those tasks in turn, never in parallel, and at a desktop's rates a second
+    // worker only adds wake-ups (twice the context switches per message); SQLite's WAL
+    // checkpoint has a thread of its own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

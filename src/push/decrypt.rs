@@ -1,5 +1,5 @@
 //! A burst's payloads: decrypted with each subscription's keys (Web Push) or just decoded
-//! (UnifiedPush, whose app decrypts), on every core for bursts.
+//! (UnifiedPush, whose app decrypts), one after the other on the owner loop's thread.
 
 use super::Kind;
 use crate::connection::{Ack, Notification};
@@ -11,8 +11,10 @@ pub(super) type Job = (SubscriptionKeys, Kind);
 /// One notification's payload, or why there is none.
 pub(super) type Decrypted = Result<Vec<u8>, crypto::CryptoError>;
 
-/// Decrypt (or, for UnifiedPush, just decode) each notification that has a job, spreading
-/// the work over the available cores for bursts. `None` where there is no job.
+/// Decrypt (or, for UnifiedPush, just decode) each notification that has a job, in turn.
+/// `None` where there is no job. (Spreading a burst over threads made each burst start
+/// and join threads: more CPU per message for a few milliseconds less latency in a
+/// backlog, and more malloc arenas.)
 pub(super) fn decrypt_burst(
     batch: &[Notification],
     jobs: &[Option<Job>],
@@ -33,40 +35,7 @@ pub(super) fn decrypt_burst(
             })
         })
     };
-    // Asked once: the answer reads cgroup files.
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let threads = *THREADS.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(8)
-    });
-    // A thread costs tens of microseconds; one decryption about two hundred.
-    if threads < 2 || batch.len() < 4 {
-        return batch.iter().zip(jobs).map(one).collect();
-    }
-    let chunk = batch.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = batch
-            .chunks(chunk)
-            .zip(jobs.chunks(chunk))
-            .map(|(b, j)| {
-                (
-                    b.len(),
-                    s.spawn(move || b.iter().zip(j).map(one).collect::<Vec<_>>()),
-                )
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|(len, h)| {
-                // Each message catches its own panic; a chunk that still failed is
-                // skipped, not acknowledged: the server keeps those and sends them again.
-                h.join()
-                    .unwrap_or_else(|_| (0..len).map(|_| None).collect())
-            })
-            .collect()
-    })
+    batch.iter().zip(jobs).map(one).collect()
 }
 
 /// The largest body the UnifiedPush specification lets a distributor hand on.

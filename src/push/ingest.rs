@@ -171,8 +171,7 @@ impl Push {
         let now = now_ms();
         self.upkeep.burst_started();
         let ttl = self.policy.max_age.as_secs().min(u32::MAX as u64) as u32;
-        // Decrypt the whole burst first, on every core: decryption (P-256 ECDH and key
-        // import) is most of a message's CPU, and messages are independent.
+        // Decrypt the whole burst first: the plan needs every payload.
         let decrypted = decrypt_burst(&batch, &self.decrypt_jobs(&batch));
         let plan = {
             let mut facts = LiveFacts {
