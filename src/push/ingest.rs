@@ -188,9 +188,8 @@ impl Push {
         }
         let signalled = self.signal_early(&plan.items, &plan.planned);
         if !signalled.is_empty() {
-            // The D-Bus side was woken on this thread (tokio runs it next here, and other
-            // threads cannot take it): let it write those signals before the commit's
-            // fsync, or they wait for it after all.
+            // The D-Bus side was woken on this, the daemon's one thread: let it write
+            // those signals before the commit's fsync, or they wait for it after all.
             tokio::task::yield_now().await;
         }
         let mut acks = plan.acks;
