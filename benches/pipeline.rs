@@ -758,6 +758,9 @@ struct StreamResult {
     daemon_cpu_us: f64,
     bus_cpu_us: f64,
     bench_cpu_us: f64,
+    /// The daemon's context switches (every thread, voluntary or not) per message: its
+    /// wake-ups, which at low rates cost more than the work they wake for.
+    daemon_switches: f64,
     ack_errors: usize,
     evicted: usize,
 }
@@ -771,6 +774,7 @@ impl StreamResult {
             "daemon_cpu_us_per_msg": self.daemon_cpu_us,
             "dbus_daemon_cpu_us_per_msg": self.bus_cpu_us,
             "bench_process_cpu_us_per_msg": self.bench_cpu_us,
+            "daemon_context_switches_per_msg": self.daemon_switches,
             "ack_errors": self.ack_errors, "evicted_by_pending_cap": self.evicted,
         })
     }
@@ -876,6 +880,8 @@ async fn daemon_stream(
     };
 
     let bus_pid = child_dbus_daemon();
+    let switches = |pid: u32| context_switches(pid).values().map(|(_, n)| n).sum::<u64>();
+    let switches0 = switches(daemon.pid());
     let cpu0 = (
         cpu_secs(daemon.pid()),
         bus_pid.map_or(f64::NAN, cpu_secs),
@@ -932,6 +938,7 @@ async fn daemon_stream(
         unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
         let _ = p.wait();
     }
+    let switches1 = switches(daemon.pid());
     let cpu1 = (
         cpu_secs(daemon.pid()),
         bus_pid.map_or(f64::NAN, cpu_secs),
@@ -958,6 +965,7 @@ async fn daemon_stream(
         daemon_cpu_us: (cpu1.0 - cpu0.0) * 1e6 / got.max(1) as f64,
         bus_cpu_us: (cpu1.1 - cpu0.1) * 1e6 / got.max(1) as f64,
         bench_cpu_us: (cpu1.2 - cpu0.2) * 1e6 / got.max(1) as f64,
+        daemon_switches: switches1.saturating_sub(switches0) as f64 / got.max(1) as f64,
         ack_errors: ack_errors.load(Ordering::Relaxed),
         evicted,
     }
@@ -1069,15 +1077,16 @@ async fn bare_stream(
         bench_cpu_us: (cpu1 - cpu0) * 1e6 / n as f64,
         daemon_cpu_us: f64::NAN,
         bus_cpu_us: f64::NAN,
+        daemon_switches: f64::NAN,
         ..Default::default()
     }
 }
 
 fn print_stream(name: &str, r: &StreamResult) {
     println!(
-        "  {name:<26} {:>6}/{:<6} {:>8.0} msg/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  daemon CPU {:>6.1} µs/msg  dbus-daemon {:>5.1}  bench {:>5.1}",
+        "  {name:<26} {:>6}/{:<6} {:>8.0} msg/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  daemon CPU {:>6.1} µs/msg  dbus-daemon {:>5.1}  bench {:>5.1}  daemon switches {:>4.1}/msg",
         r.received, r.sent, r.rate, r.latency.p50, r.latency.p99, r.latency.max,
-        r.daemon_cpu_us, r.bus_cpu_us, r.bench_cpu_us
+        r.daemon_cpu_us, r.bus_cpu_us, r.bench_cpu_us, r.daemon_switches
     );
     if r.duplicates + r.ack_errors + r.evicted > 0 {
         println!(
