@@ -191,6 +191,40 @@ fn rss_split_kib(pid: u32) -> (u64, u64) {
     )
 }
 
+/// (busy, all) jiffies of the whole machine, from the first line of `/proc/stat`.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6);
+    (busy, busy + get(3) + get(4))
+}
+
+/// Wait (30 s at most) until the machine has been quiet for half a second. A paced stream
+/// measured right after a flat-out one otherwise pays for that one's leftovers (the
+/// server's and the daemon's WAL checkpoints, the kernel's writeback): the first paced
+/// stream of a run cost the bench process twice what the same stream cost later.
+async fn settle() {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let (busy0, all0) = machine_jiffies();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (busy1, all1) = machine_jiffies();
+        if (busy1 - busy0) as f64 <= 0.05 * (all1 - all0).max(1) as f64 {
+            return;
+        }
+    }
+    println!("  (the machine did not settle within 30 s; measuring anyway)");
+}
+
 /// Thread id → (name, voluntary + involuntary context switches).
 fn context_switches(pid: u32) -> HashMap<u32, (String, u64)> {
     let mut out = HashMap::new();
@@ -829,6 +863,9 @@ async fn daemon_stream(
     bodies: Arc<Vec<Vec<u8>>>,
     pace: Option<f64>,
 ) -> StreamResult {
+    if pace.is_some() {
+        settle().await;
+    }
     let n = bodies.len();
     let t0 = Instant::now();
     let recv_ns: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
@@ -1029,6 +1066,9 @@ async fn bare_stream(
     bodies: Arc<Vec<Vec<u8>>>,
     pace: Option<f64>,
 ) -> StreamResult {
+    if pace.is_some() {
+        settle().await;
+    }
     let n = bodies.len();
     let t0 = Instant::now();
     let cpu0 = cpu_secs(std::process::id());
