@@ -13,7 +13,13 @@ async fn subscribe_and_leave(w: &World, app_id: &str, options: HashMap<&str, Val
     let app = w.bus.app(app_id).await;
     let sub = app.subscribe_with("s", options).await.unwrap();
     app.conn.close().await.unwrap();
-    // Until the daemon has seen the app go, messages would still be free.
+    seen_leaving(w).await;
+    sub
+}
+
+/// Wait until the daemon has seen every app leave the bus: until then, messages would
+/// still be free.
+async fn seen_leaving(w: &World) {
     let observer = App::new(w.bus.connect().await).await;
     eventually("the daemon to see the app leave", || async {
         let s = observer.admin.status().await.ok()?;
@@ -21,7 +27,6 @@ async fn subscribe_and_leave(w: &World, app_id: &str, options: HashMap<&str, Val
         (n == 0).then_some(())
     })
     .await;
-    sub
 }
 
 /// Read a subscription's properties from an unrelated, unsandboxed observer.
@@ -83,6 +88,7 @@ async fn a_running_app_pays_nothing_and_an_expired_one_comes_back_renewed() {
     assert_eq!(props(&w, &sub).await.0, 3);
     app.conn.close().await.unwrap();
     drop(msgs);
+    seen_leaving(&w).await;
 
     // Background: three messages use the budget up.
     for i in 0..3 {
