@@ -25,6 +25,8 @@ use crate::store::{BatchItem, Recorded, Store};
 
 /// Notifications handled in one transaction at most.
 const MAX_BATCH: usize = 128;
+/// A burst this large is a stream: more of it is likely already read, or readable.
+const STREAM_BURST: usize = 8;
 /// Bound on the messages remembered as signalled but not stored (and as acknowledged so).
 const MAX_UNSTORED: usize = 10_000;
 
@@ -149,9 +151,21 @@ impl Facts for LiveFacts<'_> {
 
 impl Push {
     /// `first` and the notifications already queued behind it, up to `MAX_BATCH`; another
-    /// event read meanwhile is held for the loop's next turn.
-    pub(super) fn drain_burst(&mut self, first: Notification) -> Vec<Notification> {
+    /// event read meanwhile is held for the loop's next turn. When that is already a
+    /// stream (`STREAM_BURST` or more), the connection task is let run once more first,
+    /// to read what its socket already holds: the burst then shares one commit with them
+    /// instead of each part paying its own fsync. A lone message never waits for this.
+    pub(super) async fn drain_burst(&mut self, first: Notification) -> Vec<Notification> {
         let mut batch = vec![first];
+        self.take_queued(&mut batch);
+        if batch.len() >= STREAM_BURST && batch.len() < MAX_BATCH && self.io.held.is_none() {
+            tokio::task::yield_now().await;
+            self.take_queued(&mut batch);
+        }
+        batch
+    }
+
+    fn take_queued(&mut self, batch: &mut Vec<Notification>) {
         while batch.len() < MAX_BATCH {
             match self.io.conn_events.try_recv() {
                 Ok(Event::Notification(n)) => batch.push(n),
@@ -162,7 +176,6 @@ impl Push {
                 Err(_) => break,
             }
         }
-        batch
     }
 
     /// A burst of notifications: decrypt, plan, store in one transaction, then ack, then

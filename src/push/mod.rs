@@ -350,7 +350,7 @@ impl Push {
             } => self.hello_event(uaid, sent, broadcasts),
             Event::Broadcast(b) => self.save_broadcasts(b),
             Event::Notification(n) => {
-                let batch = self.drain_burst(n);
+                let batch = self.drain_burst(n).await;
                 self.notifications(batch).await;
             }
         }
