@@ -49,6 +49,8 @@ impl DaemonError {
 }
 
 const LOCAL_PORTS_FILE: &str = "local-server.ports";
+/// How long the connection waits at startup for the apps already on the bus to be known.
+const PRESENCE_WAIT: Duration = Duration::from_secs(5);
 
 /// Start the embedded local push service, on the ports it had last time when they are
 /// free, so the endpoints apps already handed out keep working across restarts.
@@ -167,7 +169,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         .map_err(DaemonError::Bus)?;
 
     tracker.spawn(push.run());
-    bus.spawn(
+    let presence_known = bus.spawn(
         &tracker,
         domain_rx,
         conn_handle.status(),
@@ -185,6 +187,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     if local.is_none() {
         wait_for_network(&tracker, &conn_handle, &cancel).await;
     }
+    // What the server sends first (stored messages, renewals after a server change) is
+    // signalled to the apps' connections, so those already on the bus must be known
+    // first. Bounded: a slow bus delays the connection, never the rest.
+    let _ = tokio::time::timeout(PRESENCE_WAIT, presence_known.cancelled()).await;
     gate.cancel();
     bus.spawn_prune(&tracker);
     if let Some(every) = watchdog_interval() {

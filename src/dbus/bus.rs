@@ -79,6 +79,8 @@ impl Bus {
 
     /// Start the tasks that keep the bus in step: notifications, the event pump, the
     /// connection's state, and the apps' presence. When the bus goes away, `shutdown`.
+    /// Returns a token cancelled once the apps already on the bus are known to `push` (or
+    /// the bus cannot be followed).
     pub fn spawn(
         &self,
         tracker: &TaskTracker,
@@ -86,7 +88,7 @@ impl Bus {
         status: watch::Receiver<ConnStatus>,
         cancel: &CancellationToken,
         shutdown: &CancellationToken,
-    ) {
+    ) -> CancellationToken {
         let notifier = notify::Notifier::new(self.conn.clone());
         tracker.spawn(notifier.clone().follow(cancel.clone()));
         tracker.spawn(super::pump(
@@ -107,9 +109,14 @@ impl Bus {
             cancel.clone(),
             shutdown.clone(),
         );
+        let known = CancellationToken::new();
+        let known_here = known.clone();
         tracker.spawn(async move {
+            // Fired after the first scan, or as this ends, however it ends.
+            let _known = known_here.clone().drop_guard();
             if let Err(e) =
-                super::track_presence(bus, resolver, presence, push, cancel.clone()).await
+                super::track_presence(bus, resolver, presence, push, known_here, cancel.clone())
+                    .await
             {
                 warn!(error = %e, "cannot follow the bus: apps' presence unknown");
                 return;
@@ -120,6 +127,7 @@ impl Bus {
                 shutdown.cancel();
             }
         });
+        known
     }
 
     /// Take the names, the UnifiedPush distributor's first: whoever waits for

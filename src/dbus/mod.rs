@@ -538,12 +538,13 @@ async fn call_client(
 
 /// Follow the bus: which connections exist and which app each belongs to. Tells `push`
 /// when an app's first connection appears (quota restore, missed messages) or its last
-/// one leaves.
+/// one leaves. `known` is cancelled once the connections already there are told.
 pub async fn track_presence(
     conn: zbus::Connection,
     resolver: Arc<Resolver>,
     presence: Arc<Presence>,
     push: push::Handle,
+    known: CancellationToken,
     cancel: CancellationToken,
 ) -> zbus::Result<()> {
     let dbus = DBusProxy::new(&conn).await?;
@@ -581,6 +582,7 @@ pub async fn track_presence(
             appeared(&resolver, &presence, &push, name.as_str()).await;
         }
     }
+    known.cancel();
     loop {
         let change = tokio::select! {
             _ = cancel.cancelled() => break,
