@@ -11,7 +11,7 @@
 //!    unicast `Message` signal through dbus-daemon.
 //! 2. Streams: N aes128gcm messages of 3 KiB injected with `PushServer::deliver` as fast as
 //!    possible to subscriptions of the daemon; an app on the bus receives each `Message`
-//!    signal and acknowledges it with `AckMessage`. The same stream to a bare WebSocket
+//!    signal and acknowledges what it has with `AckMessages`. The same stream to a bare WebSocket
 //!    client of the same server (hello, register, ack each). Then both again paced at
 //!    100 messages/s. Latency is from just before `deliver` to the app's (or the bare
 //!    client's) receipt.
@@ -54,8 +54,10 @@ const PAYLOAD: usize = 3 * 1024;
 const APP_ID: &str = "org.example.Bench";
 /// Subscriptions the streams are spread over.
 const STREAM_SUBS: usize = 8;
-/// `AckMessage` calls the app keeps in flight.
-const ACKS_IN_FLIGHT: usize = 64;
+/// `AckMessages` calls the app keeps in flight.
+const ACKS_IN_FLIGHT: usize = 16;
+/// Message ids in one `AckMessages` call at most.
+const ACK_BATCH: usize = 256;
 
 // ---------------------------------------------------------------------------------------
 // Settings
@@ -896,22 +898,38 @@ async fn daemon_stream(
             }
         })
     };
+    // The app acknowledges what it has received so far with one `AckMessages` per scope,
+    // as an app that gets messages faster than it handles acks one by one would.
     let acker = {
         let manager = app.manager.clone();
         let (ack_errors, acks_done) = (ack_errors.clone(), acks_done.clone());
         tokio::spawn(async move {
             let permits = Arc::new(tokio::sync::Semaphore::new(ACKS_IN_FLIGHT));
-            while let Some((scope, id)) = ack_rx.recv().await {
-                let permit = permits.clone().acquire_owned().await.unwrap();
-                let manager = manager.clone();
-                let (ack_errors, acks_done) = (ack_errors.clone(), acks_done.clone());
-                tokio::spawn(async move {
-                    if manager.ack_message(&scope, &id).await.is_err() {
-                        ack_errors.fetch_add(1, Ordering::Relaxed);
+            while let Some(first) = ack_rx.recv().await {
+                let mut by_scope: HashMap<String, Vec<String>> = HashMap::new();
+                by_scope.entry(first.0).or_default().push(first.1);
+                while let Ok((scope, id)) = ack_rx.try_recv() {
+                    by_scope.entry(scope).or_default().push(id);
+                }
+                for (scope, ids) in by_scope {
+                    for chunk in ids.chunks(ACK_BATCH) {
+                        let permit = permits.clone().acquire_owned().await.unwrap();
+                        let manager = manager.clone();
+                        let (ack_errors, acks_done) = (ack_errors.clone(), acks_done.clone());
+                        let (scope, chunk) = (scope.clone(), chunk.to_vec());
+                        tokio::spawn(async move {
+                            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                            match manager.ack_messages(&scope, &refs).await {
+                                Ok(not_pending) => {
+                                    ack_errors.fetch_add(not_pending.len(), Ordering::Relaxed)
+                                }
+                                Err(_) => ack_errors.fetch_add(chunk.len(), Ordering::Relaxed),
+                            };
+                            acks_done.fetch_add(chunk.len(), Ordering::Relaxed);
+                            drop(permit);
+                        });
                     }
-                    acks_done.fetch_add(1, Ordering::Relaxed);
-                    drop(permit);
-                });
+                }
             }
         })
     };
@@ -1130,7 +1148,7 @@ fn print_stream(name: &str, r: &StreamResult) {
     );
     if r.duplicates + r.ack_errors + r.evicted > 0 {
         println!(
-            "  {:<26} duplicates {}, AckMessage errors {}, evicted by the pending cap {}",
+            "  {:<26} duplicates {}, acks failed or not pending {}, evicted by the pending cap {}",
             "", r.duplicates, r.ack_errors, r.evicted
         );
     }

@@ -27,6 +27,7 @@ pub trait Manager {
     fn list_subscriptions(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
     fn fetch_messages(&self, scope: &str) -> zbus::Result<Vec<FetchedMessage>>;
     fn ack_message(&self, scope: &str, message_id: &str) -> zbus::Result<()>;
+    fn ack_messages(&self, scope: &str, message_ids: &[&str]) -> zbus::Result<Vec<String>>;
 
     #[zbus(signal)]
     fn message(

@@ -217,6 +217,98 @@ async fn an_offline_app_gets_its_messages_and_everything_survives_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn ack_messages_forgets_several_at_once_and_names_those_not_pending() {
+    let mut w = World::new().await;
+    let sub = {
+        let app = w.bus.app("org.example.Mail").await;
+        app.subscribe("inbox").await
+    }; // the app leaves the bus: its messages wait
+    for text in ["one", "two", "three"] {
+        assert_eq!(post(&sub, text.as_bytes()).await.status, 201);
+    }
+    eventually("three messages stored and acknowledged", || async {
+        (w.server.stats().acks.iter().filter(|a| a.2 == 100).count() == 3).then_some(())
+    })
+    .await;
+    let app = w.bus.app("org.example.Mail").await;
+    let pending = app.manager.fetch_messages("inbox").await.unwrap();
+    let id = |text: &str| {
+        pending
+            .iter()
+            .find(|m| m.1.as_ref() == text.as_bytes())
+            .map(|m| m.0.clone())
+            .unwrap()
+    };
+    let (one, two, three) = (id("one"), id("two"), id("three"));
+    let not_pending = app
+        .manager
+        .ack_messages("inbox", &[&one, &two, "no-such-message", &one])
+        .await
+        .unwrap();
+    assert_eq!(not_pending, vec!["no-such-message".to_string()]);
+    let left: Vec<String> = app
+        .manager
+        .fetch_messages("inbox")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(left, vec![three.clone()]);
+    // Acknowledged again: not pending any more, and no error for it.
+    let again = app.manager.ack_messages("inbox", &[&one]).await.unwrap();
+    assert_eq!(again, vec![one.clone()]);
+    assert!(app
+        .manager
+        .ack_messages("inbox", &[])
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Bad calls change nothing.
+    let too_many: Vec<String> = (0..1025).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    let err = app.manager.ack_messages("inbox", &refs).await.unwrap_err();
+    assert_eq!(error_name(&err), "org.webpushd.Push1.Error.InvalidArgument");
+    let err = app
+        .manager
+        .ack_messages("outbox", &[&three])
+        .await
+        .unwrap_err();
+    assert_eq!(error_name(&err), "org.webpushd.Push1.Error.NotFound");
+    let other = w.bus.app("org.example.Other").await;
+    other.subscribe("inbox").await;
+    let theirs = other
+        .manager
+        .ack_messages("inbox", &[&three])
+        .await
+        .unwrap();
+    assert_eq!(
+        theirs,
+        vec![three.clone()],
+        "another app's scope of the same name"
+    );
+
+    drop(app);
+    w.daemon.restart(&w.bus).await;
+    let app = w.bus.app("org.example.Mail").await;
+    app.subscribe("inbox").await;
+    let left: Vec<String> = app
+        .manager
+        .fetch_messages("inbox")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(
+        left,
+        vec![three],
+        "the acknowledged ones stay forgotten after a restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unsubscribe_makes_the_endpoint_gone() {
     let w = World::new().await;
     let app = w.bus.app("org.example.News").await;

@@ -36,6 +36,45 @@ pub struct Manager {
     pub(super) resolver: Arc<Resolver>,
 }
 
+/// Message ids one `AckMessages` call may carry.
+const MAX_ACKED_AT_ONCE: usize = 1024;
+
+impl Manager {
+    /// Acknowledge `message_ids` of the caller's subscription `scope`; answered once the
+    /// deletes are committed, with the ids that were not pending. Each id once.
+    async fn ack(
+        &self,
+        hdr: &Header<'_>,
+        scope: &str,
+        mut message_ids: Vec<String>,
+    ) -> Result<Vec<String>, Error> {
+        let who = caller(&self.resolver, hdr).await?;
+        let scope = Scope::parse(scope)?;
+        if let Some(bad) = message_ids.iter().find(|m| m.is_empty() || m.len() > 128) {
+            return Err(Error::InvalidArgument(format!(
+                "message ids are 1-128 bytes, not {}",
+                bad.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(message_ids.len());
+        message_ids.retain(|m| seen.insert(m.clone()));
+        if message_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let message_ids = message_ids.into_iter().map(MessageId::from).collect();
+        let unknown = self
+            .push
+            .request(|reply| Request::Ack {
+                app: who.app_id,
+                scope,
+                message_ids,
+                reply,
+            })
+            .await?;
+        Ok(unknown.into_iter().map(MessageId::into_string).collect())
+    }
+}
+
 fn parse_options(options: &HashMap<String, OwnedValue>) -> Result<SubscribeOptions, Error> {
     let mut out = SubscribeOptions::default();
     for (k, v) in options {
@@ -221,23 +260,27 @@ impl Manager {
         scope: &str,
         message_id: &str,
     ) -> Result<(), Error> {
-        let who = caller(&self.resolver, &hdr).await?;
-        let scope = Scope::parse(scope)?;
-        if message_id.is_empty() || message_id.len() > 128 {
-            return Err(Error::InvalidArgument(
-                "message_id must be 1-128 bytes".into(),
-            ));
+        let unknown = self.ack(&hdr, scope, vec![message_id.to_string()]).await?;
+        match unknown.first() {
+            None => Ok(()),
+            Some(id) => Err(Error::NotFound(format!(
+                "no pending message \"{id}\" for scope \"{scope}\""
+            ))),
         }
-        let message_id = MessageId::from(message_id.to_string());
-        Ok(self
-            .push
-            .request(|reply| Request::Ack {
-                app: who.app_id,
-                scope,
-                message_id,
-                reply,
-            })
-            .await?)
+    }
+
+    async fn ack_messages(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        scope: &str,
+        message_ids: Vec<String>,
+    ) -> Result<Vec<String>, Error> {
+        if message_ids.len() > MAX_ACKED_AT_ONCE {
+            return Err(Error::InvalidArgument(format!(
+                "at most {MAX_ACKED_AT_ONCE} message ids at once"
+            )));
+        }
+        self.ack(&hdr, scope, message_ids).await
     }
 
     #[zbus(signal)]

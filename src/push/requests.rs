@@ -11,9 +11,8 @@ use super::{
 };
 use crate::connection::Unregister;
 use crate::ids::{AppId, Scope};
-use crate::store::StoreError;
 
-/// Acknowledgements handled in one transaction at most.
+/// Message ids acknowledged in one transaction at most (a request is never split).
 const MAX_ACKS: usize = 128;
 
 fn no_scope(scope: &Scope) -> PushError {
@@ -48,18 +47,19 @@ impl Announce {
     }
 }
 
-/// The answers to acknowledgements whose deletes wait to be committed.
+/// The answers to acknowledgements whose deletes wait to be committed, each with the ids
+/// of its request that were not pending.
 #[derive(Debug, Default)]
 pub(super) struct Acked {
-    replies: Vec<Reply<()>>,
+    replies: Vec<(Reply<Vec<MessageId>>, Vec<MessageId>)>,
 }
 
-/// One `AckMessage` of a batch.
+/// One `AckMessage` or `AckMessages` of a batch.
 struct AckItem {
     id: Option<i64>,
     scope: Scope,
-    message_id: MessageId,
-    reply: Reply<()>,
+    message_ids: Vec<MessageId>,
+    reply: Reply<Vec<MessageId>>,
 }
 
 impl Push {
@@ -209,13 +209,14 @@ impl Push {
         }
     }
 
-    /// `AckMessage`: this one and every other already queued, in one transaction (one
-    /// fsync), so acknowledgements keep up with a stream of notifications.
+    /// `AckMessage` and `AckMessages`: this one and every other already queued, in one
+    /// transaction (one fsync), so acknowledgements keep up with a stream of notifications.
     fn acks(&mut self, first: Request) {
         let items = self.gather_acks(first);
         let keys: Vec<(i64, &str)> = items
             .iter()
-            .filter_map(|i| i.id.map(|id| (id, i.message_id.as_str())))
+            .filter_map(|i| i.id.map(|id| (id, &i.message_ids)))
+            .flat_map(|(id, ids)| ids.iter().map(move |m| (id, m.as_str())))
             .collect();
         let done = self.store.ack_many(&keys);
         let mut results = match &done {
@@ -226,27 +227,35 @@ impl Push {
         // from the store when asked): announced as such, no Updated event.
         let mut emptied: Vec<i64> = Vec::new();
         for i in items {
-            self.delivery.taken(&i.message_id);
-            // One result per item that has a subscription, in order.
-            let deleted = match (i.id, &done) {
-                (Some(_), Ok(_)) => results.next(),
-                _ => None,
+            let Some(id) = i.id else {
+                let _ = i.reply.send(Err(no_scope(&i.scope)));
+                continue;
             };
-            if deleted != Some(true) && self.acked_before_stored(&i) {
-                let _ = i.reply.send(Ok(()));
+            if let Err(e) = &done {
+                let _ = i
+                    .reply
+                    .send(Err(PushError::Failed(format!("cannot acknowledge: {e}"))));
                 continue;
             }
-            if let (Some(id), Some(true)) = (i.id, deleted) {
+            let mut deleted_any = false;
+            let mut unknown = Vec::new();
+            for m in i.message_ids {
+                self.delivery.taken(&m);
+                // One result per message id of an item that has a subscription, in order.
+                if results.next() == Some(true) {
+                    deleted_any = true;
+                } else if !self.acked_before_stored(id, &m) {
+                    unknown.push(m);
+                }
+            }
+            if deleted_any {
                 if !emptied.contains(&id) {
                     emptied.push(id);
                 }
-            }
-            let res = ack_result(&i, &done, deleted);
-            if res.is_ok() {
-                // Answered once the delete is committed (`answer_acks`).
-                self.acked.replies.push(i.reply);
+                // Answered once the deletes are committed (`answer_acks`).
+                self.acked.replies.push((i.reply, unknown));
             } else {
-                let _ = i.reply.send(res);
+                let _ = i.reply.send(Ok(unknown));
             }
         }
         if !emptied.is_empty() {
@@ -260,10 +269,11 @@ impl Push {
         let Some(outcome) = self.store.acks_outcome() else {
             return;
         };
-        for reply in self.acked.replies.drain(..) {
+        for (reply, unknown) in self.acked.replies.drain(..) {
             let _ = reply.send(
                 outcome
                     .clone()
+                    .map(|()| unknown)
                     .map_err(|e| PushError::Failed(format!("cannot acknowledge: {e}"))),
             );
         }
@@ -320,13 +330,17 @@ impl Push {
         }
     }
 
-    /// The first `AckMessage` and every other already queued, up to `MAX_ACKS`; anything
-    /// else read meanwhile is held for the loop's next turn.
+    /// The first acknowledgement request and every other already queued, up to `MAX_ACKS`
+    /// message ids; anything else read meanwhile is held for the loop's next turn.
     fn gather_acks(&mut self, first: Request) -> Vec<AckItem> {
+        let mut ids = acked_ids(&first);
         let mut batch = vec![first];
-        while batch.len() < MAX_ACKS && self.io.held_input.is_none() {
+        while ids < MAX_ACKS && self.io.held_input.is_none() {
             match self.io.inputs.try_recv() {
-                Ok(Input::Request(r @ Request::Ack { .. })) => batch.push(r),
+                Ok(Input::Request(r @ Request::Ack { .. })) => {
+                    ids += acked_ids(&r);
+                    batch.push(r);
+                }
                 Ok(other) => self.io.held_input = Some(other),
                 Err(_) => break,
             }
@@ -337,12 +351,12 @@ impl Push {
                 Request::Ack {
                     app,
                     scope,
-                    message_id,
+                    message_ids,
                     reply,
                 } => Some(AckItem {
                     id: self.index.by_scope(&app, &scope),
                     scope,
-                    message_id,
+                    message_ids,
                     reply,
                 }),
                 _ => None,
@@ -352,29 +366,18 @@ impl Push {
 
     /// A message signalled before a commit that failed: the app has it, and its next copy
     /// from the server needs no storing.
-    fn acked_before_stored(&mut self, i: &AckItem) -> bool {
-        let Some(sub) = self.burst.acked_before_stored(i.id, &i.message_id) else {
+    fn acked_before_stored(&mut self, id: i64, message_id: &MessageId) -> bool {
+        let Some(sub) = self.burst.acked_before_stored(Some(id), message_id) else {
             return false;
         };
-        debug!(subscription = sub, message = %i.message_id, "acknowledged before it could be stored");
+        debug!(subscription = sub, message = %message_id, "acknowledged before it could be stored");
         true
     }
 }
 
-fn ack_result(
-    i: &AckItem,
-    done: &Result<Vec<bool>, StoreError>,
-    deleted: Option<bool>,
-) -> Result<(), PushError> {
-    match (i.id, done) {
-        (None, _) => Err(no_scope(&i.scope)),
-        (Some(_), Err(e)) => Err(PushError::Failed(format!("cannot acknowledge: {e}"))),
-        (Some(_), Ok(_)) => match deleted {
-            Some(true) => Ok(()),
-            _ => Err(PushError::NotFound(format!(
-                "no pending message \"{}\" for scope \"{}\"",
-                i.message_id, i.scope
-            ))),
-        },
+fn acked_ids(r: &Request) -> usize {
+    match r {
+        Request::Ack { message_ids, .. } => message_ids.len(),
+        _ => 0,
     }
 }

@@ -154,11 +154,13 @@ pub enum Request {
         scope: Scope,
         reply: Reply<Vec<StoredMessage>>,
     },
+    /// `AckMessage` (one id) or `AckMessages`. Answered once the deletes are committed,
+    /// with the ids that were not pending.
     Ack {
         app: AppId,
         scope: Scope,
-        message_id: MessageId,
-        reply: Reply<()>,
+        message_ids: Vec<MessageId>,
+        reply: Reply<Vec<MessageId>>,
     },
     ResetQuota {
         id: i64,
