@@ -253,6 +253,19 @@ impl Store {
     /// when they are committed: nobody may be told before, or a `kill -9` meanwhile would
     /// bring an acknowledged message back.
     pub fn ack_many(&self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
+        // One read transaction for all the checks, not one (with its locks) per message.
+        let batch = acks.len() > 1 && self.conn.is_autocommit();
+        if batch {
+            self.exec("BEGIN")?;
+        }
+        let out = self.ack_checked(acks);
+        if batch {
+            self.exec("COMMIT")?;
+        }
+        out
+    }
+
+    fn ack_checked(&self, acks: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
         let mut exists = self
             .conn
             .prepare_cached("SELECT 1 FROM messages WHERE subscription_id = ?1 AND id = ?2")?;
