@@ -212,15 +212,62 @@ fn untag(p: &[u8]) -> Option<(u32, u32)> {
 #[derive(Default)]
 struct Ledger {
     got: HashSet<(u32, u32)>,
-    /// Acknowledged with `AckMessage` returning success.
+    /// Acknowledged with `AckMessage` returning success, or with `AckMessages` not naming it.
     acked: HashSet<(u32, u32)>,
     /// `acked` as it was when the daemon was last killed: none of these may come back.
     acked_at_kill: HashSet<(u32, u32)>,
     came_back: Vec<(u32, u32)>,
     deliveries: usize,
     ack_errors: usize,
-    /// Message ids whose AckMessage is under way.
+    /// Message ids whose acknowledgement is under way.
     acking: HashSet<String>,
+}
+
+/// Where `handle` sends what it acknowledges together (message id, tag).
+type Batcher = tokio::sync::mpsc::UnboundedSender<(String, (u32, u32))>;
+
+/// The scope whose messages the app acknowledges with `AckMessages`, what it has at once;
+/// the other's go one by one with `AckMessage`.
+const BATCHED: &str = "crash-b";
+
+/// Acknowledge `BATCHED`'s messages as they come in, in one `AckMessages` call each time:
+/// an id not named in its answer is acknowledged and must never come back.
+fn batch_acker(ledger: &Arc<Mutex<Ledger>>, manager: &ManagerProxy<'static>) -> Batcher {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, (u32, u32))>();
+    let (ledger, manager) = (ledger.clone(), manager.clone());
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 256 {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
+            let result = manager.ack_messages(BATCHED, &ids).await;
+            let mut l = ledger.lock().unwrap();
+            for (id, _) in &batch {
+                l.acking.remove(id);
+            }
+            match result {
+                Ok(not_pending) => {
+                    for (id, key) in &batch {
+                        if !not_pending.contains(id) {
+                            l.acked.insert(*key);
+                        }
+                    }
+                }
+                Err(e) => {
+                    l.ack_errors += batch.len();
+                    if l.ack_errors <= 5 {
+                        eprintln!("AckMessages of {}: {e}", batch.len());
+                    }
+                }
+            }
+        }
+    });
+    tx
 }
 
 /// The app's side: note a message, complain if it was acked before the last crash, ack it.
@@ -228,6 +275,7 @@ fn handle(
     ledger: &Arc<Mutex<Ledger>>,
     checking: &Arc<AtomicBool>,
     manager: &ManagerProxy<'static>,
+    batcher: &Batcher,
     scope: String,
     id: String,
     payload: &[u8],
@@ -244,6 +292,10 @@ fn handle(
         if !l.acking.insert(id.clone()) {
             return;
         }
+    }
+    if scope == BATCHED {
+        let _ = batcher.send((id, key));
+        return;
     }
     let (ledger, manager) = (ledger.clone(), manager.clone());
     tokio::spawn(async move {
@@ -283,12 +335,14 @@ async fn sigkill_during_bursts_loses_nothing_and_acked_messages_never_return() {
     let server = Arc::new(s.server);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let checking = Arc::new(AtomicBool::new(false));
+    let batcher = batch_acker(&ledger, &app.manager);
     {
         let mut msgs = app.messages().await;
         let (ledger, checking, manager) = (ledger.clone(), checking.clone(), app.manager.clone());
+        let batcher = batcher.clone();
         tokio::spawn(async move {
             while let Some((scope, id, payload)) = msgs.next().await {
-                handle(&ledger, &checking, &manager, scope, id, &payload);
+                handle(&ledger, &checking, &manager, &batcher, scope, id, &payload);
             }
         });
     }
@@ -368,6 +422,7 @@ async fn sigkill_during_bursts_loses_nothing_and_acked_messages_never_return() {
                             &ledger,
                             &checking,
                             &app.manager,
+                            &batcher,
                             scope.to_string(),
                             id,
                             &payload,
@@ -403,6 +458,7 @@ async fn sigkill_during_bursts_loses_nothing_and_acked_messages_never_return() {
                     &ledger,
                     &checking,
                     &app.manager,
+                    &batcher,
                     scope.to_string(),
                     id,
                     &payload,
@@ -429,7 +485,7 @@ async fn sigkill_during_bursts_loses_nothing_and_acked_messages_never_return() {
     );
     assert_eq!(l.got.len(), l_total);
     eprintln!(
-        "{rounds} rounds × {burst}: killed at {kill_points:?} (time into the burst, messages of it the app had); {} deliveries for {} messages; {} failed AckMessage calls",
+        "{rounds} rounds × {burst}: killed at {kill_points:?} (time into the burst, messages of it the app had); {} deliveries for {} messages; {} acknowledgements failed",
         l.deliveries, l_total, l.ack_errors
     );
 }
