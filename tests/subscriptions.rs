@@ -216,6 +216,17 @@ async fn an_offline_app_gets_its_messages_and_everything_survives_restart() {
     assert!(err.to_string().contains("NotFound"), "{err}");
 }
 
+/// The ids of the messages pending for `app`'s `scope`, as FetchMessages lists them.
+async fn pending_ids(app: &App, scope: &str) -> Vec<String> {
+    app.manager
+        .fetch_messages(scope)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.0)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ack_messages_forgets_several_at_once_and_names_those_not_pending() {
     let mut w = World::new().await;
@@ -246,14 +257,7 @@ async fn ack_messages_forgets_several_at_once_and_names_those_not_pending() {
         .await
         .unwrap();
     assert_eq!(not_pending, vec!["no-such-message".to_string()]);
-    let left: Vec<String> = app
-        .manager
-        .fetch_messages("inbox")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.0)
-        .collect();
+    let left = pending_ids(&app, "inbox").await;
     assert_eq!(left, vec![three.clone()]);
     // Acknowledged again: not pending any more, and no error for it.
     let again = app.manager.ack_messages("inbox", &[&one]).await.unwrap();
@@ -293,14 +297,7 @@ async fn ack_messages_forgets_several_at_once_and_names_those_not_pending() {
     w.daemon.restart(&w.bus).await;
     let app = w.bus.app("org.example.Mail").await;
     app.subscribe("inbox").await;
-    let left: Vec<String> = app
-        .manager
-        .fetch_messages("inbox")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.0)
-        .collect();
+    let left = pending_ids(&app, "inbox").await;
     assert_eq!(
         left,
         vec![three],
